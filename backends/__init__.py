@@ -1,0 +1,1 @@
+"""quantir.backends: legalize and emit IR graphs for each target runtime."""

@@ -1,0 +1,1 @@
+"""quantir.compiler: configs, passes, calibration, qparams math, tuning and the public API."""

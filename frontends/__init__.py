@@ -1,0 +1,1 @@
+"""quantir.frontends: lower ONNX (and later PyTorch) models into the quantir IR."""

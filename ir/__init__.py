@@ -1,0 +1,40 @@
+"""quantir.ir: the IR core (types, graph, text form, verifier). Imports only numpy, lark and the stdlib."""
+
+from __future__ import annotations
+
+from quantir.ir.core import Attr, AttrKind, Graph, Node, SourceInfo, Usage, Value
+from quantir.ir.dtypes import DType
+from quantir.ir.equality import first_difference, structurally_equal
+from quantir.ir.errors import (
+    ConfigError,
+    FrontendError,
+    IRError,
+    ParseError,
+    PassError,
+    QuantirError,
+    SerializationError,
+    UnsupportedOpError,
+    UseListError,
+    VerifyError,
+)
+from quantir.ir.tensor import ExternalData, Tensor
+from quantir.ir.traits import OpTraits, traits_of, weight_inputs
+from quantir.ir.types import (
+    Granularity,
+    GranularityKind,
+    OptionalType,
+    QuantSpec,
+    QuantType,
+    Scheme,
+    SequenceType,
+    TensorType,
+)
+from quantir.ir.verify import verify
+
+__all__ = [
+    "Attr", "AttrKind", "ConfigError", "DType", "ExternalData", "FrontendError", "Graph", "Granularity",
+    "GranularityKind", "IRError", "Node", "OpTraits", "OptionalType", "ParseError", "PassError", "QuantSpec",
+    "QuantType", "QuantirError", "Scheme", "SequenceType", "SerializationError", "SourceInfo", "Tensor",
+    "TensorType", "UnsupportedOpError", "Usage", "UseListError", "Value", "VerifyError", "first_difference",
+    "structurally_equal", "traits_of", "verify", "weight_inputs",
+]  # fmt: skip

@@ -1,0 +1,1 @@
+"""quantir.tools: the `quantir` command line and IR debugging tools."""
