@@ -76,12 +76,15 @@ class Attr:
             return cls(AttrKind.STRING, value)
         if isinstance(value, Tensor):
             return cls(AttrKind.TENSOR, value)
-        items = tuple(value)
+        items: tuple[int | float | str, ...] = tuple(value)
         if items and all(isinstance(x, str) for x in items):
-            return cls(AttrKind.STRINGS, items)  # type: ignore[arg-type]
-        if items and any(isinstance(x, float) for x in items):
-            return cls(AttrKind.FLOATS, tuple(float(x) for x in items))  # type: ignore[arg-type]
-        return cls(AttrKind.INTS, tuple(int(x) for x in items))  # type: ignore[arg-type]
+            return cls(AttrKind.STRINGS, tuple(str(x) for x in items))
+        numbers = [x for x in items if not isinstance(x, str)]
+        if len(numbers) != len(items):
+            raise TypeError(f"attribute list {list(items)!r} mixes strings and numbers")
+        if any(isinstance(x, float) for x in numbers):
+            return cls(AttrKind.FLOATS, tuple(float(x) for x in numbers))
+        return cls(AttrKind.INTS, tuple(int(x) for x in numbers))
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,10 +96,10 @@ class SourceInfo:
 
 
 class Usage(NamedTuple):
-    """`node.inputs[index]` is the value this usage belongs to."""
+    """`node.inputs[idx]` is the value this usage belongs to."""
 
     node: Node
-    index: int
+    idx: int
 
 
 class Value:
@@ -158,7 +161,7 @@ class Value:
         if other is self:
             return
         for usage in list(self._uses):
-            usage.node.set_input(usage.index, other)
+            usage.node.set_input(usage.idx, other)
         if graph_outputs is not None:
             graph_outputs.outputs = [other if o is self else o for o in graph_outputs.outputs]
 

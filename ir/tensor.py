@@ -6,6 +6,7 @@ multi-gigabyte model is never held in memory at once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -171,10 +172,8 @@ class Tensor:
 def _drop_cache(fd: int, offset: int, length: int) -> None:
     # Tell the kernel the streamed pages are not needed again, so page cache does not balloon.
     if hasattr(os, "posix_fadvise"):
-        try:
+        with contextlib.suppress(OSError):
             os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
-        except OSError:
-            pass
 
 
 _NUMPY_TO_DTYPE = {

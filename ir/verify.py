@@ -11,8 +11,8 @@ import numpy as np
 
 from quantir.ir.core import Graph, Node, Usage, Value
 from quantir.ir.errors import VerifyError
-from quantir.ir.types import GranularityKind, QuantSpec, QuantType, Scheme, TensorType
 from quantir.ir.traits import traits_of
+from quantir.ir.types import GranularityKind, QuantSpec, QuantType, Scheme, TensorType
 
 __all__ = ["verify"]
 
@@ -60,37 +60,37 @@ def verify(graph: Graph) -> None:
     for node in graph.nodes:
         if node.graph is not graph:
             raise _fail(graph, node, "node does not point back to this graph")
-        for i, v in enumerate(node.inputs):
-            if v is None:
+        for i, inp in enumerate(node.inputs):
+            if inp is None:
                 continue
-            if id(v) not in defined:
-                later = v.producer is not None and v.producer.graph is graph
+            if id(inp) not in defined:
+                later = inp.producer is not None and inp.producer.graph is graph
                 raise _fail(
-                    graph, node, f"input {i} %{v.name} is used before it is defined",
+                    graph, node, f"input {i} %{inp.name} is used before it is defined",
                     "nodes must be in topological order" if later else "the value is not in this graph",
                 )  # fmt: skip
-            if Usage(node, i) not in v._uses:
-                raise _fail(graph, node, f"use list of %{v.name} lacks input {i}", "edit inputs with set_input()")
-        for i, v in enumerate(node.outputs):
-            if v is None:
+            if Usage(node, i) not in inp._uses:
+                raise _fail(graph, node, f"use list of %{inp.name} lacks input {i}", "edit inputs with set_input()")
+        for i, out in enumerate(node.outputs):
+            if out is None:
                 continue
-            if v.producer is not node or v.index != i:
-                raise _fail(graph, node, f"output {i} %{v.name} does not point back to this node")
-            define(v, f"output {i} of {node.describe()}", node)
-            _check_quant(graph, node, v)
+            if out.producer is not node or out.index != i:
+                raise _fail(graph, node, f"output {i} %{out.name} does not point back to this node")
+            define(out, f"output {i} of {node.describe()}", node)
+            _check_quant(graph, node, out)
         _check_shared_scales(graph, node)
 
-    for v in graph.values():
-        for usage in v._uses:
+    for val in graph.values():
+        for usage in val._uses:
             n = usage.node
             if n.graph is not graph:
-                raise _fail(graph, None, f"%{v.name} is used by {n.describe()}, which is not in the graph",
+                raise _fail(graph, None, f"%{val.name} is used by {n.describe()}, which is not in the graph",
                             "erase nodes with Graph.erase() so use lists stay consistent")  # fmt: skip
-            if usage.index >= len(n.inputs) or n.inputs[usage.index] is not v:
-                raise _fail(graph, n, f"use list of %{v.name} says input {usage.index}, which is not %{v.name}")
-    for i, v in enumerate(graph.outputs):
-        if id(v) not in defined:
-            raise _fail(graph, None, f"graph output {i} %{v.name} is not defined in the graph")
+            if usage.idx >= len(n.inputs) or n.inputs[usage.idx] is not val:
+                raise _fail(graph, n, f"use list of %{val.name} says input {usage.idx}, which is not %{val.name}")
+    for i, res in enumerate(graph.outputs):
+        if id(res) not in defined:
+            raise _fail(graph, None, f"graph output {i} %{res.name} is not defined in the graph")
 
 
 def _check_quant(graph: Graph, node: Node | None, v: Value) -> None:

@@ -1,0 +1,147 @@
+"""The `quantir` command line: argument parsing, dispatch, and the one place errors become messages.
+
+Every command exits non-zero with a one-paragraph message on bad input; no library traceback is shown
+unless QUANTIR_TRACEBACK=1 is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from quantir.ir import QuantirError
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_DIFFERENT, EXIT_ERROR, EXIT_INTERNAL = 0, 1, 2, 3
+
+
+def _cmd_dump(args: argparse.Namespace) -> int:
+    from quantir.compiler.model_io import load_graph
+    from quantir.ir import textio, verify
+    from quantir.ir.printer import print_graph
+
+    graph = load_graph(args.model)
+    verify(graph)
+    if args.output is None:
+        sys.stdout.write(print_graph(graph))
+        return EXIT_OK
+    out = Path(args.output)
+    textio.save(graph, out)
+    sidecar = out.with_suffix(".safetensors")
+    extra = f", sidecar {sidecar} ({sidecar.stat().st_size / 1e6:.1f} MB)" if sidecar.exists() else ""
+    print(f"wrote {out}: {len(graph)} nodes, {len(graph.constants)} constants{extra}")
+    return EXIT_OK
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from quantir.compiler.model_io import load_graph
+    from quantir.ir import verify
+
+    graph = load_graph(args.file)
+    verify(graph)
+    quantized = sum(1 for v in graph.values() if v.quant is not None)
+    print(f"{args.file}: ok ({len(graph)} nodes, {len(graph.constants)} constants, {quantized} quantized values)")
+    return EXIT_OK
+
+
+def _cmd_diff(args: argparse.Namespace) -> int:
+    from quantir.compiler.model_io import load_graph
+    from quantir.tools.ir_diff import diff_graphs
+
+    a, b = load_graph(args.a), load_graph(args.b)
+    report = diff_graphs(a, b, name_a=str(args.a), name_b=str(args.b))
+    if report is None:
+        print(f"{args.a} and {args.b} are structurally equal")
+        return EXIT_OK
+    print(report)
+    return EXIT_DIFFERENT
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from quantir.compiler.model_io import export_onnx, load_graph
+    from quantir.ir import verify
+
+    graph = load_graph(args.file)
+    verify(graph)
+    export_onnx(graph, args.output)
+    print(f"wrote {args.output}: {len(graph)} nodes")
+    return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from quantir.tools.demo import run_demo
+
+    return run_demo(workdir=args.workdir)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="quantir", description="quantir: one quantized IR, many runtimes.")
+    parser.add_argument("--version", action="version", version="quantir 0.1.0")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ir = sub.add_parser("ir", help="dump, verify, diff and export the textual IR")
+    ir_sub = ir.add_subparsers(dest="ir_command", required=True, metavar="IR_COMMAND")
+    p = ir_sub.add_parser("dump", help="import a model and write its IR (.qir plus a .safetensors sidecar)")
+    p.add_argument("model", help="an .onnx or .qir file")
+    p.add_argument("-o", "--output", help="the .qir file to write (default: print to stdout)")
+    p.set_defaults(func=_cmd_dump)
+    p = ir_sub.add_parser("verify", help="parse and verify an IR file (or import and verify a model)")
+    p.add_argument("file")
+    p.set_defaults(func=_cmd_verify)
+    p = ir_sub.add_parser("diff", help="structural diff of two IR files or models; exit 1 if they differ")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.set_defaults(func=_cmd_diff)
+    p = ir_sub.add_parser("export", help="emit an IR file as a float ONNX model")
+    p.add_argument("file")
+    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("demo", help="run the bundled example end to end and print what it measured")
+    p.add_argument("--workdir", help="where to write artifacts (default: a temporary directory)")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def _paragraph(prefix: str, message: str) -> str:
+    first, _, rest = message.partition("\n")
+    wrapped = textwrap.fill(f"{prefix}{first}", width=100, subsequent_indent="  ")
+    return wrapped + ("\n" + rest if rest else "")
+
+
+def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    if os.environ.get("QUANTIR_TRACEBACK") == "1":
+        return func(args)
+    try:
+        return func(args)
+    except QuantirError as e:
+        print(_paragraph("quantir: error: ", str(e)), file=sys.stderr)
+        return EXIT_ERROR
+    except (OSError, MemoryError) as e:
+        print(_paragraph("quantir: error: ", f"{type(e).__name__}: {e}"), file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("quantir: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        msg = (
+            f"{type(e).__name__}: {e}. This is a bug in quantir, not in your input; "
+            "rerun with QUANTIR_TRACEBACK=1 to see the traceback and please report it."
+        )
+        print(_paragraph("quantir: internal error: ", msg), file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    return _run(args.func, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
