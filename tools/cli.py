@@ -73,6 +73,26 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_opt(args: argparse.Namespace) -> int:
+    from quantir.compiler.model_io import load_graph
+    from quantir.compiler.pass_manager import PassManager, parse_pipeline
+    from quantir.ir import textio, verify
+    from quantir.ir.printer import print_graph
+
+    graph = load_graph(args.file)
+    verify(graph)
+    mode = "all" if args.print_ir_after_all else "change" if args.print_ir_after_change else None
+    manager = PassManager(parse_pipeline(args.pipeline), print_ir_after=mode, reproducer_dir=args.reproducer)
+    records = manager.run(graph)
+    if args.output:
+        textio.save(graph, args.output)
+    else:
+        sys.stdout.write(print_graph(graph))
+    summary = ", ".join(f"{r.name}: {'changed' if r.changed else 'unchanged'} ({r.seconds * 1e3:.1f} ms)" for r in records)
+    print(f"pipeline {manager.pipeline}: {summary}", file=sys.stderr)
+    return EXIT_OK
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from quantir.tools.demo import run_demo
 
@@ -101,6 +121,15 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
     p.set_defaults(func=_cmd_export)
+
+    p = ir_sub.add_parser("opt", help="run a pass pipeline over an IR file, e.g. -p dce")
+    p.add_argument("file")
+    p.add_argument("-p", "--pipeline", required=True, help="passes, e.g. 'dce' or 'a,b{option=value}'")
+    p.add_argument("-o", "--output", help="the .qir file to write (default: print to stdout)")
+    p.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass (stderr)")
+    p.add_argument("--print-ir-after-change", action="store_true", help="print the IR after passes that change it")
+    p.add_argument("--reproducer", help="directory for a reproducer (input IR + pipeline) if a pass fails")
+    p.set_defaults(func=_cmd_opt)
 
     p = sub.add_parser("demo", help="run the bundled example end to end and print what it measured")
     p.add_argument("--workdir", help="where to write artifacts (default: a temporary directory)")
