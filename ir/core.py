@@ -259,6 +259,8 @@ class Node:
         label = f"{self.op_type} node"
         if self.name:
             label += f" {self.name!r}"
+        elif self._outputs and self._outputs[0] is not None:
+            label += f" producing %{self._outputs[0].name}"
         if self.source is not None:
             label += f" (from {self.source.module}"
             label += f": {self.source.module_type})" if self.source.module_type else ")"
@@ -365,10 +367,10 @@ class Graph:
     def _position(self, node: Node) -> int:
         if node.graph is not self:
             raise IRError(f"{node.describe()} is not in graph {self.name!r}")
-        for i, n in enumerate(self._nodes):
-            if n is node:
-                return i
-        raise IRError(f"{node.describe()} claims graph {self.name!r} but is not in its node list")
+        try:
+            return self._nodes.index(node)  # nodes compare by identity; the scan runs in C
+        except ValueError:
+            raise IRError(f"{node.describe()} claims graph {self.name!r} but is not in its node list") from None
 
     def _claim(self, node: Node) -> None:
         if node.graph is not None:

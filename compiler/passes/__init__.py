@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from quantir.compiler.passes.canonicalize import Canonicalize
 from quantir.compiler.passes.eliminate_dead_code import EliminateDeadCode
 
-__all__ = ["EliminateDeadCode"]
+__all__ = ["Canonicalize", "EliminateDeadCode"]

@@ -45,9 +45,14 @@ def resolve_location(location: str, base_dir: Path, *, owner: str) -> Path:
     return target
 
 
-def external_tensor(proto: onnx.TensorProto, dtype: DType, shape: tuple[int, ...], base_dir: Path | None) -> Tensor:
-    """A lazy `Tensor` for a TensorProto whose data_location is EXTERNAL. Nothing is read."""
-    owner = f"initializer {proto.name!r}" if proto.name else "a tensor attribute"
+def external_tensor(
+    proto: onnx.TensorProto, dtype: DType, shape: tuple[int, ...], base_dir: Path | None, *, owner: str
+) -> Tensor:
+    """A lazy `Tensor` for a TensorProto whose data_location is EXTERNAL; `owner` names it in errors.
+
+    Only `os.stat` is called. Without a `length` entry the payload is the tensor's size from `offset` on
+    (ONNX's "to the end of the file", checked to be long enough).
+    """
     entries = {e.key: e.value for e in proto.external_data}
     location = entries.get("location")
     if location is None:
@@ -69,21 +74,23 @@ def external_tensor(proto: onnx.TensorProto, dtype: DType, shape: tuple[int, ...
     if not path.is_file():
         raise FrontendError(f"external data location {location!r} of {owner} is not a regular file ({path})")
     offset = _int_entry(entries, "offset", 0, owner)
+    if offset > size:
+        raise FrontendError(
+            f"{owner}: external data {location!r} offset {offset} is past the end of the file ({size} bytes)"
+        )
     length = _int_entry(entries, "length", size - offset, owner)
-    if offset > size or offset + length > size:
+    if offset + length > size:
         raise FrontendError(
             f"{owner}: external data {location!r} at offset {offset} with length {length} runs past the end of "
             f"the file ({size} bytes)"
         )
-    tensor = Tensor(dtype, shape, external=ExternalData(os.fspath(path), offset, length))
-    if "length" in entries and length != tensor.nbytes or "length" not in entries and length < tensor.nbytes:
+    need = Tensor(dtype, shape, external=ExternalData(os.fspath(path), offset, length)).nbytes
+    if length != need and ("length" in entries or length < need):
         raise FrontendError(
             f"{owner}: external data {location!r} holds {length} bytes at offset {offset}; "
-            f"a {dtype}{list(shape)} tensor needs {tensor.nbytes}"
+            f"a {dtype}{list(shape)} tensor needs {need}"
         )
-    if length != tensor.nbytes:  # no explicit length: the payload is the first nbytes after offset
-        tensor = Tensor(dtype, shape, external=ExternalData(os.fspath(path), offset, tensor.nbytes))
-    return tensor
+    return Tensor(dtype, shape, external=ExternalData(os.fspath(path), offset, need))
 
 
 def _int_entry(entries: dict[str, str], key: str, default: int, owner: str) -> int:

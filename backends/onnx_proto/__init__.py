@@ -1,0 +1,8 @@
+"""quantir.backends.onnx_proto: float ONNX emission, the lowering shared by the onnx_qdq backend and calibration."""
+
+from __future__ import annotations
+
+from quantir.backends.onnx_proto.emit import build_model, emit_model
+from quantir.backends.onnx_proto.save import save_model
+
+__all__ = ["build_model", "emit_model", "save_model"]

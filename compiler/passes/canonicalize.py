@@ -1,0 +1,177 @@
+"""`canonicalize`: fold inference-mode BatchNormalization into the preceding Conv/Gemm (the conv keeps its
+provenance and parameter names), remove Dropout and Identity. Rules are a table keyed by op type; each rule
+either rewrites and returns None, or returns why it did not apply (for the debug log), mutating nothing
+before it has decided.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from quantir.compiler.pass_manager import PassContext, PassResult, register_pass
+from quantir.ir import DType, Graph, Node, Tensor, Value
+
+__all__ = ["Canonicalize"]
+
+Rule = Callable[[Graph, Node], str | None]
+
+
+def _const(v: Value | None) -> np.ndarray | None:
+    return None if v is None or v.const is None else np.asarray(v.const.numpy())
+
+
+def _forward(graph: Graph, node: Node, source: Value) -> str | None:
+    """Make every reader of the node's first output read `source` instead, then erase the node."""
+    out = node.outputs[0]
+    if out is None:
+        return "no output"
+    if graph.is_output(out):
+        if graph.is_output(source) or source in graph.inputs or source.const is not None:
+            return "its output is a graph output fed directly by an input or constant"
+        # Keep the graph output's name: rename the forwarded value instead of the output.
+        out.replace_all_uses_with(source, graph_outputs=graph)
+        graph.erase(node)
+        source.name, out.name = out.name, source.name
+        return None
+    out.replace_all_uses_with(source)
+    graph.erase(node)
+    return None
+
+
+def _remove_dropout(graph: Graph, node: Node) -> str | None:
+    if len(node.outputs) > 1 and node.outputs[1] is not None and (node.outputs[1].has_uses() or graph.is_output(node.outputs[1])):
+        return "its mask output is used"
+    training = node.inputs[2] if len(node.inputs) > 2 else None
+    if training is not None:
+        flag = _const(training)
+        if flag is None or bool(flag.reshape(-1)[0]):
+            return "training_mode is not a constant false"
+    src = node.inputs[0]
+    return "no data input" if src is None else _forward(graph, node, src)
+
+
+def _remove_identity(graph: Graph, node: Node) -> str | None:
+    src = node.inputs[0]
+    return "no input" if src is None else _forward(graph, node, src)
+
+
+def _bn_params(node: Node) -> tuple[np.ndarray, np.ndarray] | str:
+    """(multiplier, shift) per channel: y = x * multiplier + shift."""
+    if node.attr("training_mode", 0):
+        return "training_mode is set"
+    if len(node.outputs) > 1 and any(v is not None and v.has_uses() for v in node.outputs[1:]):
+        return "running statistics outputs are used"
+    params = [_const(v) for v in node.inputs[1:5]]
+    if len(params) != 4 or any(p is None for p in params):
+        return "scale, bias, mean and variance are not all constants"
+    scale, bias, mean, var = (np.asarray(p, np.float64) for p in params)  # type: ignore[arg-type]
+    eps = float(node.attr("epsilon", 1e-5))  # type: ignore[arg-type]
+    mult = scale / np.sqrt(var + eps)
+    return mult, bias - mean * mult
+
+
+def _producer_weights(graph: Graph, bn: Node) -> tuple[Node, int, int, int] | str:
+    """The Conv/Gemm feeding `bn`, with (weight input, output-channel axis, bias input)."""
+    x = bn.inputs[0]
+    prod = x.producer if x is not None else None
+    if prod is None or x is None:
+        return "its input is not produced by a node"
+    if len(x.uses()) != 1 or graph.is_output(x):
+        return f"the {prod.op_type} output has other readers"
+    if prod.op_type == "Conv":
+        return prod, 1, 0, 2
+    if prod.op_type == "Gemm" and not prod.attr("transA", 0) and float(prod.attr("alpha", 1.0)) == 1.0:  # type: ignore[arg-type]
+        return prod, 1, (0 if prod.attr("transB", 0) else 1), 2
+    return f"its producer is {prod.op_type}, not Conv or Gemm"
+
+
+def _fold_batchnorm(graph: Graph, bn: Node) -> str | None:
+    found = _producer_weights(graph, bn)
+    if isinstance(found, str):
+        return found
+    prod, w_idx, axis, b_idx = found
+    params = _bn_params(bn)
+    if isinstance(params, str):
+        return params
+    mult, shift = params
+    w_val = prod.inputs[w_idx]
+    w = _const(w_val)
+    if w is None or w_val is None or w_val.dtype not in (DType.F32, DType.F64, DType.F16):
+        return f"the {prod.op_type} weight is not a float constant"
+    b_val = prod.inputs[b_idx] if len(prod.inputs) > b_idx else None
+    b = _const(b_val) if b_val is not None else np.zeros(w.shape[axis])
+    if b is None:
+        return f"the {prod.op_type} bias is not a constant"
+    beta = float(prod.attr("beta", 1.0)) if prod.op_type == "Gemm" else 1.0  # type: ignore[arg-type]
+    if b_val is not None and b.shape != (w.shape[axis],):
+        return f"the {prod.op_type} bias is not per output channel"
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    new_w = (w.astype(np.float64) * mult.reshape(shape)).astype(w.dtype)
+    new_b = ((b.astype(np.float64) * beta) * mult + shift).astype(w.dtype)
+    prod.set_input(w_idx, _replacement(graph, w_val, new_w))
+    bias_value = _replacement(graph, b_val, new_b) if b_val is not None else _new_bias(graph, w_val, new_b)
+    if b_val is None:
+        while len(prod.inputs) <= b_idx:
+            prod.append_input(None)
+    prod.set_input(b_idx, bias_value)
+    if prod.op_type == "Gemm" and beta != 1.0:
+        prod.attrs.pop("beta")
+    return _forward(graph, bn, prod.output())
+
+
+def _replacement(graph: Graph, old: Value, data: np.ndarray) -> Value:
+    """A constant holding `data`: `old` itself if nothing else reads it (keeping its parameter name)."""
+    tensor = Tensor.from_numpy(np.ascontiguousarray(data), old.dtype)
+    if len(old.uses()) == 1 and old.name in graph.constants and not graph.is_output(old):
+        old.const = tensor
+        return old
+    return graph.add_constant(_fresh(graph, old.name + ".folded"), tensor)
+
+
+def _new_bias(graph: Graph, weight: Value, data: np.ndarray) -> Value:
+    stem = weight.name[: -len(".weight")] if weight.name.endswith(".weight") else weight.name
+    return graph.add_constant(_fresh(graph, stem + ".bias"), Tensor.from_numpy(data, weight.dtype))
+
+
+def _fresh(graph: Graph, name: str) -> str:
+    taken = {v.name for v in graph.values()}
+    candidate, i = name, 1
+    while candidate in taken:
+        candidate, i = f"{name}.{i}", i + 1
+    return candidate
+
+
+_RULES: dict[str, Rule] = {
+    "BatchNormalization": _fold_batchnorm,
+    "Dropout": _remove_dropout,
+    "Identity": _remove_identity,
+}
+
+
+@register_pass
+@dataclass(frozen=True, slots=True)
+class Canonicalize:
+    name: ClassVar[str] = "canonicalize"
+
+    fold_batchnorm: bool = True
+    """Fold BatchNormalization into a preceding Conv/Gemm."""
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        changed = False
+        for node in graph.nodes:
+            if node.graph is not graph or node.domain not in ("", "ai.onnx"):
+                continue
+            rule = _RULES.get(node.op_type)
+            if rule is None or (node.op_type == "BatchNormalization" and not self.fold_batchnorm):
+                continue
+            why_not = rule(graph, node)
+            if why_not is None:
+                changed = True
+            else:
+                ctx.notes.append(f"canonicalize: kept {node.describe()}: {why_not}")
+        return PassResult(changed)
