@@ -13,7 +13,7 @@ import dataclasses
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, TextIO, TypeVar, cast, runtime_checkable
@@ -75,7 +75,7 @@ def register_pass(cls: P) -> P:
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} must be a dataclass with a `name: ClassVar[str]`")
-    if name in _REGISTRY and _REGISTRY[name] is not cls:
+    if name in _REGISTRY and _REGISTRY[name] is not cast(type[Pass], cls):
         raise TypeError(f"two passes are registered as {name!r}")
     _REGISTRY[name] = cast(type[Pass], cls)
     return cls
@@ -181,15 +181,15 @@ class PassManager:
         self.reproducer_dir.mkdir(parents=True, exist_ok=True)
         path = self.reproducer_dir / "input.qir"
         textio.save(graph, path)
-        (self.reproducer_dir / "pipeline.txt").write_text(
-            ",".join(p.name for p in self.passes[index:]) + "\n"
-        )
+        (self.reproducer_dir / "pipeline.txt").write_text(",".join(p.name for p in self.passes[index:]) + "\n")
         return path
 
     def _failure(self, index: int, error: Exception, snapshot: Path | None) -> PassError:
         p = self.passes[index]
         before = " -> ".join(q.name for q in self.passes[:index]) or "(nothing)"
-        kind = "left the IR invalid" if isinstance(error, QuantirError) and "Verify" in type(error).__name__ else "failed"
+        kind = (
+            "left the IR invalid" if isinstance(error, QuantirError) and "Verify" in type(error).__name__ else "failed"
+        )
         lines = [f"pass {p.name!r} {kind}: {error}", f"  passes run before it: {before}"]
         if snapshot is not None:
             lines.append(f"  reproducer: quantir ir opt {snapshot} -p {self._remaining(index)}")
@@ -205,5 +205,3 @@ class PassManager:
         out = self.stream or sys.stderr
         out.write(f"// -----// IR after {p.name}{'' if result.changed else ' (unchanged)'} //----- //\n")
         out.write(print_graph(graph))
-
-

@@ -6,6 +6,7 @@ from quantir.ir.core import Attr, AttrKind, Graph, Node, SourceInfo, Usage, Valu
 from quantir.ir.dtypes import DType
 from quantir.ir.equality import first_difference, structurally_equal
 from quantir.ir.errors import (
+    CalibrationError,
     ConfigError,
     FrontendError,
     IRError,
@@ -17,7 +18,10 @@ from quantir.ir.errors import (
     UseListError,
     VerifyError,
 )
+from quantir.ir.parser import parse
+from quantir.ir.printer import format_context, print_graph
 from quantir.ir.tensor import ExternalData, Tensor
+from quantir.ir.textio import load, save
 from quantir.ir.traits import OpTraits, traits_of, weight_inputs
 from quantir.ir.types import (
     Granularity,
@@ -36,5 +40,6 @@ __all__ = [
     "GranularityKind", "IRError", "Node", "OpTraits", "OptionalType", "ParseError", "PassError", "QuantSpec",
     "QuantType", "QuantirError", "Scheme", "SequenceType", "SerializationError", "SourceInfo", "Tensor",
     "TensorType", "UnsupportedOpError", "Usage", "UseListError", "Value", "VerifyError", "first_difference",
-    "structurally_equal", "traits_of", "verify", "weight_inputs",
+    "structurally_equal", "traits_of", "verify", "weight_inputs", "parse", "print_graph", "format_context", "save",
+    "load", "CalibrationError",
 ]  # fmt: skip

@@ -6,6 +6,7 @@ Every error a user can see derives from `QuantirError`; each names what is wrong
 from __future__ import annotations
 
 __all__ = [
+    "CalibrationError",
     "ConfigError",
     "FrontendError",
     "IRError",
@@ -62,3 +63,7 @@ class PassError(QuantirError):
 
 class ConfigError(QuantirError):
     """An invalid user configuration value."""
+
+
+class CalibrationError(QuantirError):
+    """Calibration data cannot give a range (NaN/Inf values, no batches, inconsistent shapes)."""

@@ -190,5 +190,3 @@ def _dtype_of(np_dtype: np.dtype) -> DType:
         return _NUMPY_TO_DTYPE[np.dtype(np_dtype)]
     except KeyError:
         raise ValueError(f"numpy dtype {np_dtype} has no IR dtype; pass dtype= explicitly") from None
-
-

@@ -191,8 +191,8 @@ class QuantType:
             and self.qmax == other.qmax
             and self.observer == other.observer
             and self.scale.shape == other.scale.shape
-            and bool(np.array_equal(self.scale, other.scale))
-            and bool(np.array_equal(self.zero_point, other.zero_point))
+            and bool(np.array_equal(self.scale, other.scale, equal_nan=True))
+            and bool(np.array_equal(self.zero_point, other.zero_point, equal_nan=True))
         )
 
     def __hash__(self) -> int:

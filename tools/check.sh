@@ -7,7 +7,8 @@ status=0
 echo "== ruff"
 ruff check . || status=1
 echo "== mypy"
-(cd /tmp && mypy -p quantir.ir -p quantir.compiler -p quantir.frontends -p quantir.backends -p quantir.tools) || status=1
+ROOT="$PWD"
+(cd /tmp && mypy --config-file "$ROOT/pyproject.toml" -p quantir.ir -p quantir.compiler -p quantir.frontends -p quantir.backends -p quantir.tools) || status=1
 echo "== pytest"
 python -m pytest -q -p no:cacheprovider "$@"
 rc=$?

@@ -75,20 +75,22 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_opt(args: argparse.Namespace) -> int:
     from quantir.compiler.model_io import load_graph
-    from quantir.compiler.pass_manager import PassManager, parse_pipeline
+    from quantir.compiler.pass_manager import PassManager, PrintMode, parse_pipeline
     from quantir.ir import textio, verify
     from quantir.ir.printer import print_graph
 
     graph = load_graph(args.file)
     verify(graph)
-    mode = "all" if args.print_ir_after_all else "change" if args.print_ir_after_change else None
+    mode: PrintMode | None = "all" if args.print_ir_after_all else "change" if args.print_ir_after_change else None
     manager = PassManager(parse_pipeline(args.pipeline), print_ir_after=mode, reproducer_dir=args.reproducer)
     records = manager.run(graph)
     if args.output:
         textio.save(graph, args.output)
     else:
         sys.stdout.write(print_graph(graph))
-    summary = ", ".join(f"{r.name}: {'changed' if r.changed else 'unchanged'} ({r.seconds * 1e3:.1f} ms)" for r in records)
+    summary = ", ".join(
+        f"{r.name}: {'changed' if r.changed else 'unchanged'} ({r.seconds * 1e3:.1f} ms)" for r in records
+    )
     print(f"pipeline {manager.pipeline}: {summary}", file=sys.stderr)
     return EXIT_OK
 

@@ -76,6 +76,8 @@ def export(model, path: Path) -> None:  # type: ignore[no-untyped-def]
     batch = torch.export.Dim("batch", min=1, max=4096)
     prog = torch.onnx.export(model, example, dynamo=True, optimize=False, input_names=["x"], output_names=["logits"],
                              dynamic_shapes=({0: batch},))  # fmt: skip
+    if prog is None:
+        raise RuntimeError("torch.onnx.export returned no program")
     prog.save(str(path))
 
 

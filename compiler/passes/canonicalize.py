@@ -43,7 +43,11 @@ def _forward(graph: Graph, node: Node, source: Value) -> str | None:
 
 
 def _remove_dropout(graph: Graph, node: Node) -> str | None:
-    if len(node.outputs) > 1 and node.outputs[1] is not None and (node.outputs[1].has_uses() or graph.is_output(node.outputs[1])):
+    if (
+        len(node.outputs) > 1
+        and node.outputs[1] is not None
+        and (node.outputs[1].has_uses() or graph.is_output(node.outputs[1]))
+    ):
         return "its mask output is used"
     training = node.inputs[2] if len(node.inputs) > 2 else None
     if training is not None:

@@ -36,7 +36,8 @@ def _conv_bn_graph(*, conv_bias: bool) -> Graph:
     g.inputs.append(x)
     ins = [x, _c(g, "conv1.weight", 4, 3, 3, 3)] + ([_c(g, "conv1.bias", 4)] if conv_bias else [])
     conv = g.append(Node("Conv", ins, [Value("c", TensorType(F32, ("N", 4, 6, 6)))],
-                         attrs={"pads": Attr.of([1, 1, 1, 1])}, name="conv", source=SourceInfo("conv1", "torch.nn.Conv2d")))  # fmt: skip
+                         attrs={"pads": Attr.of([1, 1, 1, 1])}, name="conv",
+                         source=SourceInfo("conv1", "torch.nn.Conv2d")))  # fmt: skip
     bn = _bn(g, conv.output(), "bn1", 4, "b")
     drop = g.append(Node("Dropout", [bn.output()], [Value("d", bn.output().type), None]))
     ident = g.append(Node("Identity", [drop.output()], [Value("i", bn.output().type)]))

@@ -398,8 +398,8 @@ TORCH_CASES = [(U8, False, False), (I8, True, False), (U8, True, False), (I8, Fa
 
 @pytest.mark.parametrize(("dtype", "sym", "reduce"), [*ORT_CASES, (I8, True, True)])
 def test_ort_matches_compute_scale_zp(dtype: DType, sym: bool, reduce: bool) -> None:
-    import onnxruntime.quantization.quant_utils as quant_utils
     import onnx
+    import onnxruntime.quantization.quant_utils as quant_utils
     qtype = {U8: onnx.TensorProto.UINT8, I8: onnx.TensorProto.INT8}[dtype]
     qmin, qmax = quant_utils.get_qmin_qmax_for_qType(qtype, reduce_range=reduce, symmetric=sym)
     for rmin, rmax in _random_ranges(30):

@@ -97,8 +97,8 @@ def test_provenance_from_torch_metadata_props() -> None:
 
 
 def test_provenance_and_parameter_names_from_a_real_torch_export(tmp_path: Path) -> None:
-    import torch
     import onnxscript  # noqa: F401
+    import torch
 
     class Net(torch.nn.Module):
         def __init__(self) -> None:

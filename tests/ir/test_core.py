@@ -198,3 +198,18 @@ def test_random_edits_keep_use_lists_consistent(edits: list[tuple[str, int]]) ->
         for v in g.values():
             assert sorted((id(u.node), u.idx) for u in v.uses()) == sorted(expected[id(v)])
         verify(g)
+
+
+def test_clone_is_structurally_equal_and_independent() -> None:
+    from quantir.ir.clone import clone_graph
+
+    g, nodes = _chain()
+    copy, vmap = clone_graph(g)
+    assert structurally_equal(g, copy)
+    assert vmap[nodes[0].output()] is copy.nodes[0].output()
+    copy.nodes[1].attrs["alpha"] = Attr.of(1.0)
+    assert "alpha" not in nodes[1].attrs
+    copy.nodes[2].set_input(0, copy.inputs[0])
+    assert nodes[2].inputs[0] is nodes[1].output()
+    verify(g)
+    verify(copy)

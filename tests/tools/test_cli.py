@@ -82,13 +82,13 @@ def test_bad_input_gives_one_paragraph_and_no_traceback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], expected: str
 ) -> None:
     (tmp_path / "model.txt").write_text("not a model")
-    (tmp_path / "broken.qir").write_text("qir 1 ir_version 8 opset {\"\": 17}\ngraph g(%x f32[1]) -> (%x) {\n}\n")
+    (tmp_path / "broken.qir").write_text('qir 1 ir_version 8 opset {"": 17}\ngraph g(%x f32[1]) -> (%x) {\n}\n')
     (tmp_path / "garbage.onnx").write_bytes(b"\x00\xffthis is not protobuf" * 10)
     rc, out, err = _run(capsys, *[a.replace("{tmp}", str(tmp_path)) for a in argv])
     assert rc == 2, (out, err)
     assert err.startswith("quantir: error: ")
     assert expected in " ".join(err.split())
-    assert "Traceback" not in err and "File \"" not in err
+    assert "Traceback" not in err and 'File "' not in err
 
 
 def test_console_script_is_installed(tmp_path: Path) -> None:

@@ -1,0 +1,474 @@
+"""User quantization configs with Intel Neural Compressor 3.x names: `StaticQuantConfig` (with `set_local` and the
+2.x `op_name_dict`/`op_type_dict`), `RTNConfig` and `FP8Config`, validated on construction and loaded from YAML/JSON.
+
+Which op gets which config is decided in `config_resolve.py` (`resolve_op_configs`); this module only holds values.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import warnings
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import yaml  # type: ignore[import-untyped]  # no stubs are installed
+
+from quantir.ir.dtypes import DType
+from quantir.ir.errors import ConfigError
+
+__all__ = [
+    "FLOAT_DTYPES", "PER_OP_FIELDS", "QUANT_DTYPES", "ConfigWarning", "FP8Config", "LocalKey", "RTNConfig",
+    "StaticQuantConfig", "check_combination", "compile_key", "load_config", "local_key_label", "local_key_text",
+    "nearest", "op_dict_fields", "save_config",
+]  # fmt: skip
+
+LocalKey: TypeAlias = str | Callable[..., object]
+"""A `set_local` key: a string (op type or name regex, see config_resolve.py) or a class/callable (an op type)."""
+
+QUANT_DTYPES: dict[str, DType] = {
+    "int8": DType.I8, "uint8": DType.U8, "int4": DType.I4, "uint4": DType.U4, "int16": DType.I16,
+    "uint16": DType.U16, "fp8_e4m3": DType.F8E4M3FN, "fp8_e5m2": DType.F8E5M2,
+}  # fmt: skip
+"""Storage dtypes a tensor can be quantized to, by INC name."""
+
+FLOAT_DTYPES: dict[str, DType] = {"fp32": DType.F32, "bf16": DType.BF16, "fp16": DType.F16}
+"""Precisions that mean "not quantized" (fallback): `w_dtype="fp32", act_dtype="fp32"` keeps an op in float."""
+
+_FP8 = ("fp8_e4m3", "fp8_e5m2")
+_ACT_ALGOS = ("minmax", "kl", "percentile", "mse")
+_W_ALGOS = ("minmax",)  # INC's static configs calibrate weights with min/max only
+_GRANULARITIES = ("per_channel", "per_tensor")
+
+PER_OP_FIELDS = (
+    "w_dtype", "w_sym", "w_granularity", "w_algo", "act_dtype", "act_sym", "act_granularity", "act_algo",
+    "reduce_range", "percentile",
+)  # fmt: skip
+"""StaticQuantConfig fields a local config may set; the others (sampling size, excluded precisions, the 2.x
+dicts) belong to the global config only."""
+
+
+class ConfigWarning(UserWarning):
+    """A config that is valid but probably not what was meant (a rule matching no op, a key set twice)."""
+
+
+# ---- validation tables ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Check:
+    expect: str  # completes "expected ..."
+    ok: Callable[[object], bool]
+
+
+def _one_of(*values: str) -> _Check:
+    return _Check("one of " + ", ".join(values), lambda v: isinstance(v, str) and v in values)
+
+
+def _int_at_least(lo: int, extra: tuple[int, ...] = ()) -> _Check:
+    text = f"an int >= {lo}" + "".join(f" or {e}" for e in extra)
+    return _Check(text, lambda v: isinstance(v, int) and not isinstance(v, bool) and (v >= lo or v in extra))
+
+
+def _int_in(lo: int, hi: int) -> _Check:
+    return _Check(f"an int in [{lo}, {hi}]", lambda v: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi)
+
+
+def _list_of(*values: str) -> _Check:
+    return _Check(
+        "a list drawn from " + ", ".join(values),
+        lambda v: isinstance(v, list) and all(isinstance(x, str) and x in values for x in v),
+    )
+
+
+_BOOL = _Check("True or False", lambda v: isinstance(v, bool))
+_STR = _Check("a string", lambda v: isinstance(v, str))
+_DICT = _Check("a dict", lambda v: isinstance(v, dict))
+_OPTIONAL_BOOL = _Check(
+    "True, False or None (None: decide from the CPU's ISA)", lambda v: v is None or isinstance(v, bool)
+)
+_PERCENT = _Check(
+    "a number in (0, 100]", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 100
+)
+_DTYPE = _one_of(*QUANT_DTYPES, *FLOAT_DTYPES)
+
+_STATIC_CHECKS: dict[str, _Check] = {
+    "w_dtype": _DTYPE, "w_sym": _BOOL, "w_granularity": _one_of(*_GRANULARITIES), "w_algo": _one_of(*_W_ALGOS),
+    "act_dtype": _DTYPE, "act_sym": _BOOL, "act_granularity": _one_of(*_GRANULARITIES),
+    "act_algo": _one_of(*_ACT_ALGOS), "excluded_precisions": _list_of("bf16", "fp16"), "reduce_range": _OPTIONAL_BOOL,
+    "percentile": _PERCENT, "calibration_sampling_size": _int_at_least(1), "op_name_dict": _DICT, "op_type_dict": _DICT,
+}  # fmt: skip
+
+
+def _validate(obj: object, checks: Mapping[str, _Check]) -> None:
+    for name, check in checks.items():
+        value = getattr(obj, name)
+        if not check.ok(value):
+            raise ConfigError(f"{type(obj).__name__}.{name}={value!r}: expected {check.expect}")
+
+
+def check_combination(
+    values: Mapping[str, Any], excluded: Collection[str] = (), *, owner: str = "StaticQuantConfig"
+) -> None:
+    """Cross-field rules: fp8 is symmetric only; a dtype listed in `excluded` (excluded_precisions) is not used."""
+    for side in ("w", "act"):
+        dtype, sym = values[f"{side}_dtype"], values[f"{side}_sym"]
+        if dtype in _FP8 and sym is not True:
+            raise ConfigError(f"{owner}.{side}_sym={sym!r}: {dtype} is symmetric only; set {side}_sym=True")
+        if dtype in excluded:
+            raise ConfigError(f"{owner}.{side}_dtype={dtype!r}: {dtype} is in excluded_precisions")
+
+
+def compile_key(key: str, what: str) -> re.Pattern[str]:
+    """Compile a rule key as a regex; `what` names it in the error (e.g. "set_local key 'fc['")."""
+    try:
+        return re.compile(key)
+    except re.error as e:
+        raise ConfigError(f"{what} is not a valid regular expression: {e}") from None
+
+
+def nearest(word: str, candidates: Collection[str], n: int = 3, cutoff: float = 0.6) -> list[str]:
+    """The `n` candidates most similar to `word` (difflib ratio >= cutoff), best first, ties in alphabetical order."""
+    m = difflib.SequenceMatcher(b=word)
+    scored = []
+    for c in candidates:
+        m.set_seq1(c)
+        if m.real_quick_ratio() >= cutoff and m.quick_ratio() >= cutoff and m.ratio() >= cutoff:
+            scored.append((-m.ratio(), c))
+    return [c for _, c in sorted(scored)[:n]]
+
+
+def _unknown_key(key: object, where: str, allowed: Collection[str]) -> ConfigError:
+    close = nearest(str(key), allowed)
+    hint = "did you mean " + ", ".join(map(repr, close)) + "?" if close else "expected one of " + ", ".join(allowed)
+    return ConfigError(f"unknown key {key!r} in {where}; {hint}")
+
+
+def _mapping(value: object, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, found {type(value).__name__} {value!r}")
+    return value
+
+
+# ---- the 2.x op_name_dict / op_type_dict form ----------------------------------------------------------------------
+
+_2X_ITEMS: dict[str, dict[str, str]] = {
+    "weight": {"dtype": "w_dtype", "algorithm": "w_algo", "granularity": "w_granularity", "scheme": "w_sym"},
+    "activation": {
+        "dtype": "act_dtype",
+        "algorithm": "act_algo",
+        "granularity": "act_granularity",
+        "scheme": "act_sym",
+    },
+}
+_2X_SCHEMES = {"sym": True, "asym": False}
+
+
+def op_dict_fields(dict_name: str, key: object, entry: object) -> dict[str, Any]:
+    """Translate one 2.x entry, `{"activation": {"dtype": ["fp32"]}, "weight": {...}}`, into StaticQuantConfig field
+    overrides. Lists take their first element (2.x's default choice); only the items given are overridden."""
+    where = f"{dict_name}[{key!r}]"
+    if not isinstance(key, str):
+        raise ConfigError(f"{where}: keys are regular expressions (strings), found {type(key).__name__}")
+    compile_key(key, f"{dict_name} key {key!r}")
+    out: dict[str, Any] = {}
+    for section, items in _mapping(entry, where).items():
+        if section not in _2X_ITEMS:
+            raise _unknown_key(section, where, _2X_ITEMS)
+        for item, raw in _mapping(items, f"{where}.{section}").items():
+            if item not in _2X_ITEMS[section]:
+                raise _unknown_key(item, f"{where}.{section}", _2X_ITEMS[section])
+            out[_2X_ITEMS[section][item]] = _2x_value(f"{where}.{section}.{item}", item, raw, _2X_ITEMS[section][item])
+    return out
+
+
+def _2x_value(where: str, item: str, raw: object, field_name: str) -> object:
+    if isinstance(raw, (list, tuple)):
+        if not raw:
+            raise ConfigError(f"{where}=[]: expected a value or a non-empty list")
+        raw = raw[0]
+    if item == "scheme":
+        if not isinstance(raw, str) or raw not in _2X_SCHEMES:
+            raise ConfigError(f"{where}={raw!r}: expected one of sym, asym")
+        return _2X_SCHEMES[raw]
+    check = _STATIC_CHECKS[field_name]
+    if not check.ok(raw):
+        raise ConfigError(f"{where}={raw!r}: expected {check.expect}")
+    return raw
+
+
+# ---- StaticQuantConfig ---------------------------------------------------------------------------------------------
+
+
+def local_key_text(key: LocalKey) -> str:
+    """The string a key matches with: itself, or a class's `__name__` (INC stores type keys by name)."""
+    return key if isinstance(key, str) else str(getattr(key, "__name__", ""))
+
+
+def local_key_label(key: LocalKey) -> str:
+    """How a key is shown to users: `'fc1'`, or a class's dotted path (`torch.nn.modules.linear.Linear`)."""
+    if isinstance(key, str):
+        return repr(key)
+    module, qualname = getattr(key, "__module__", None), getattr(key, "__qualname__", local_key_text(key))
+    return f"{module}.{qualname}" if module else str(qualname)
+
+
+@dataclass(slots=True)
+class StaticQuantConfig:
+    """Static (calibrated) quantization, INC 3.x `StaticQuantConfig` fields and defaults.
+
+    `set_local(key, cfg)` overrides the config for ops of a type or ops whose name matches a regex (rules in
+    config_resolve.py). The 2.x `op_name_dict`/`op_type_dict` are accepted too. `reduce_range=None` lets the backend
+    decide from the CPU (7-bit weights without VNNI); `percentile` is the `act_algo="percentile"` clip level;
+    `calibration_sampling_size` is INC's name for how many calibration samples are used. INC's
+    `StaticQuantConfig(fp8_config=...)` factory is not reproduced: use `FP8Config` for Gaudi FP8.
+    """
+
+    w_dtype: str = "int8"
+    w_sym: bool = True
+    w_granularity: str = "per_channel"
+    w_algo: str = "minmax"
+    act_dtype: str = "uint8"
+    act_sym: bool = False
+    act_granularity: str = "per_tensor"
+    act_algo: str = "minmax"
+    excluded_precisions: list[str] = field(default_factory=list)
+    reduce_range: bool | None = None
+    percentile: float = 99.999
+    calibration_sampling_size: int = 100
+    op_name_dict: dict[str, Any] = field(default_factory=dict)
+    op_type_dict: dict[str, Any] = field(default_factory=dict)
+    _local: dict[LocalKey, StaticQuantConfig] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the field, the value and what is allowed (run on construction and resolution)."""
+        _validate(self, _STATIC_CHECKS)
+        check_combination(self.per_op_fields(), self.excluded_precisions)
+        for dict_name in ("op_name_dict", "op_type_dict"):
+            for key, entry in getattr(self, dict_name).items():
+                op_dict_fields(dict_name, key, entry)
+
+    def per_op_fields(self) -> dict[str, Any]:
+        """The fields that can differ per op (`PER_OP_FIELDS`)."""
+        return {name: getattr(self, name) for name in PER_OP_FIELDS}
+
+    @property
+    def local_config(self) -> Mapping[LocalKey, StaticQuantConfig]:
+        """The `set_local` entries in insertion order (INC's name)."""
+        return dict(self._local)
+
+    def set_local(
+        self, key: LocalKey | list[LocalKey] | tuple[LocalKey, ...], cfg: StaticQuantConfig
+    ) -> StaticQuantConfig:
+        """Use `cfg` (a full config, as in INC) for the ops `key` selects; a list sets each key. Returns self.
+
+        Setting a key again replaces its config in place (INC keeps its first position) with a warning.
+        """
+        if isinstance(key, (list, tuple)):
+            for k in key:
+                self.set_local(k, cfg)
+            return self
+        self._check_local(key, cfg)
+        if key in self._local:
+            msg = f"set_local({local_key_label(key)}) was already set; the new config replaces it"
+            warnings.warn(msg, ConfigWarning, stacklevel=2)
+        self._local[key] = cfg
+        return self
+
+    def _check_local(self, key: LocalKey, cfg: object) -> None:
+        what = f"set_local({local_key_label(key)})"
+        if not isinstance(cfg, StaticQuantConfig):
+            raise ConfigError(f"{what}: the config must be a StaticQuantConfig, found {type(cfg).__name__}")
+        if isinstance(key, str):
+            if not key:
+                raise ConfigError("set_local key '': expected an op type or a name regex")
+            compile_key(key, f"set_local key {key!r}")
+        elif not callable(key) or not local_key_text(key):
+            raise ConfigError(f"set_local key {key!r}: expected a string, a class or a function")
+        if cfg._local:
+            raise ConfigError(f"{what}: a local config cannot have set_local entries of its own")
+        defaults = StaticQuantConfig()
+        for f in fields(StaticQuantConfig):
+            if f.init and f.name not in PER_OP_FIELDS and getattr(cfg, f.name) != getattr(defaults, f.name):
+                raise ConfigError(f"{what}: {f.name} is set on the global config only, not in a local config")
+
+    # ---- dict and file form ----
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (YAML/JSON-ready): every field, the 2.x dicts when set, and a `local` section for set_local.
+
+        A local entry lists only the fields that differ from StaticQuantConfig's defaults: it is a full config (as in
+        INC), so what it leaves out takes the defaults, not the global values. Type keys are written by class name,
+        which reads back as the same op type."""
+        out: dict[str, Any] = {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.init}
+        for dict_name in ("op_name_dict", "op_type_dict"):
+            if not out[dict_name]:
+                del out[dict_name]
+        if self._local:
+            defaults = StaticQuantConfig().per_op_fields()
+            out["local"] = {
+                local_key_text(k): {n: v for n, v in c.per_op_fields().items() if v != defaults[n]}
+                for k, c in self._local.items()
+            }
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "config") -> StaticQuantConfig:
+        """Build from `to_dict`'s form; INC's `{"global": {...}, "local": {...}}` is accepted too. `source` (a file
+        name) is named in every error."""
+        body = dict(_mapping(data, source))
+        body.update(_mapping(body.pop("global", {}), f"'global' in {source}"))
+        local = _mapping(body.pop("local", {}), f"'local' in {source}")
+        cfg = _construct(body, source, [f.name for f in fields(cls) if f.init])
+        for key, entry in local.items():
+            where = f"local[{key!r}] in {source}"
+            cfg.set_local(key, _construct(_mapping(entry, where), where, PER_OP_FIELDS))
+        return cfg
+
+
+def _plain(value: Any) -> Any:
+    """A deep copy made of dicts, lists and scalars, so the result never aliases the config."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _construct(values: Mapping[str, Any], where: str, allowed: Collection[str]) -> StaticQuantConfig:
+    for key in values:
+        if key not in allowed:
+            if key in _STATIC_CHECKS:
+                raise ConfigError(f"key {key!r} in {where} is set on the global config only, not in a local config")
+            raise _unknown_key(key, where, allowed)
+    try:
+        return StaticQuantConfig(**{k: _plain(v) for k, v in values.items()})
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+_READERS: dict[str, Callable[[str], Any]] = {".yaml": yaml.safe_load, ".yml": yaml.safe_load, ".json": json.loads}
+_WRITERS: dict[str, Callable[[Any], str]] = {
+    ".yaml": lambda d: yaml.safe_dump(d, sort_keys=False), ".yml": lambda d: yaml.safe_dump(d, sort_keys=False),
+    ".json": lambda d: json.dumps(d, indent=2) + "\n",
+}  # fmt: skip
+
+
+def _format(path: Path, table: Mapping[str, object]) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in table:
+        raise ConfigError(f"{path}: unknown config format {path.suffix!r}; expected a .yaml, .yml or .json file")
+    return suffix
+
+
+def load_config(path: str | os.PathLike[str]) -> StaticQuantConfig:
+    """Read a StaticQuantConfig from YAML or JSON (`to_dict`'s form; a `local` section holds set_local entries)."""
+    p = Path(path)
+    reader = _READERS[_format(p, _READERS)]
+    try:
+        data = reader(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{p}: not valid {p.suffix[1:].upper()}: {e}") from None
+    return StaticQuantConfig.from_dict(data, source=str(p))
+
+
+def save_config(cfg: StaticQuantConfig, path: str | os.PathLike[str]) -> None:
+    """Write `cfg.to_dict()` as YAML or JSON, chosen by the file suffix."""
+    p = Path(path)
+    p.write_text(_WRITERS[_format(p, _WRITERS)](cfg.to_dict()), encoding="utf-8")
+
+
+# ---- weight-only and FP8 configs (fields and validation only; their algorithms are passes) ------------------------
+
+_RTN_DTYPES = (
+    "int", "int8", "int4", "nf4", "fp4", "fp4_e2m1_bnb", "fp4_e2m1", "fp8_e5m2", "fp8_e5m2fnuz", "fp8_e4m3fn",
+    "fp8_e4m3fnuz", "fp32",
+)  # fmt: skip
+
+
+@dataclass(slots=True)
+class RTNConfig:
+    """Round-to-nearest weight-only quantization, INC 3.x `RTNConfig` fields and defaults (`dtype="fp32"`: fallback)."""
+
+    dtype: str = "int"
+    bits: int = 4
+    use_sym: bool = True
+    group_size: int = 32
+    group_dim: int = 1
+    use_full_range: bool = False
+    use_mse_search: bool = False
+    use_layer_wise: bool = False
+    model_path: str = ""
+    use_double_quant: bool = False
+    double_quant_dtype: str = "int"
+    double_quant_bits: int = 8
+    double_quant_use_sym: bool = False
+    double_quant_group_size: int = 256
+    quant_lm_head: bool = False
+
+    def __post_init__(self) -> None:
+        _validate(self, _RTN_CHECKS)
+
+
+_RTN_CHECKS: dict[str, _Check] = {
+    "dtype": _one_of(*_RTN_DTYPES), "bits": _int_in(1, 8), "use_sym": _BOOL, "group_size": _int_at_least(1, (-1,)),
+    "group_dim": _int_in(0, 1), "use_full_range": _BOOL, "use_mse_search": _BOOL, "use_layer_wise": _BOOL,
+    "model_path": _STR, "use_double_quant": _BOOL, "double_quant_dtype": _one_of("int"),
+    "double_quant_bits": _int_in(1, 8), "double_quant_use_sym": _BOOL,
+    "double_quant_group_size": _int_at_least(1, (-1,)), "quant_lm_head": _BOOL,
+}  # fmt: skip
+
+_FP8_SCALE_METHODS = (
+    "unit_scale", "hw_aligned_single_scale", "maxabs_hw", "maxabs_pow2", "maxabs_hw_opt_weight",
+    "maxabs_pow2_opt_weight", "maxabs_arbitrary", "act_maxabs_hw_weights_pcs_maxabs_pow2",
+    "act_maxabs_hw_weights_pcs_opt_pow2", "act_maxabs_pow2_weights_pcs_maxabs_pow2",
+    "act_maxabs_pow2_weights_pcs_opt_pow2", "act_maxabs_pcs_pow2_weight_maxabs_pts_pow2_hw", "maxabs_pcs_pow2",
+)  # fmt: skip
+
+
+@dataclass(slots=True)
+class FP8Config:
+    """Gaudi FP8 quantization, INC 3.x `FP8Config` fields and defaults (allowlist `types` empty: every patched type)."""
+
+    dump_stats_path: str = "./hqt_output/measure"
+    fp8_config: str = "E4M3"
+    hp_dtype: str = "bf16"
+    blocklist: dict[str, Any] = field(default_factory=lambda: {"names": [], "types": []})
+    allowlist: dict[str, Any] = field(default_factory=lambda: {"names": [], "types": []})
+    mode: str = "AUTO"
+    scale_method: str | dict[str, Any] = "maxabs_hw"
+    scale_params: dict[str, Any] = field(default_factory=dict)
+    observer: str = "maxabs"
+    mod_dict: dict[str, Any] = field(default_factory=dict)
+    measure_exclude: str = "OUTPUT"
+    fake_quant: bool = False
+    use_qdq: bool = False
+    scale_format: str = "scalar"
+    measure_on_hpu: bool = True
+
+    def __post_init__(self) -> None:
+        _validate(self, _FP8_CHECKS)
+        for name in ("allowlist", "blocklist"):
+            for key in getattr(self, name):
+                if key not in ("names", "types"):
+                    raise _unknown_key(key, f"FP8Config.{name}", ("names", "types"))
+
+
+_FP8_CHECKS: dict[str, _Check] = {
+    "dump_stats_path": _STR, "fp8_config": _one_of("E4M3", "E5M2"), "hp_dtype": _one_of("bf16", "fp16", "fp32"),
+    "blocklist": _DICT, "allowlist": _DICT, "mode": _one_of("AUTO", "MEASURE", "QUANTIZE", "LOAD", "SHAPE", "NONE"),
+    "scale_method": _Check(
+        "a dict or one of " + ", ".join(_FP8_SCALE_METHODS),
+        lambda v: isinstance(v, dict) or (isinstance(v, str) and v in _FP8_SCALE_METHODS),
+    ),
+    "scale_params": _DICT, "observer": _one_of("maxabs", "maxabs_per_channel", "shape", "save"), "mod_dict": _DICT,
+    "measure_exclude": _one_of("NONE", "INPUT", "OUTPUT", "PARAMS", "ALL"), "fake_quant": _BOOL, "use_qdq": _BOOL,
+    "scale_format": _one_of("scalar", "const"), "measure_on_hpu": _BOOL,
+}  # fmt: skip
