@@ -18,7 +18,7 @@ import numpy as np
 
 from quantir.ir import CalibrationError, Graph, TensorType
 
-__all__ = ["InputSpec", "feeds", "input_specs"]
+__all__ = ["InputSpec", "feeds", "input_specs", "validate_batch"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +103,12 @@ def _check(feed: dict[str, np.ndarray], specs: list[InputSpec], index: int) -> d
                 raise CalibrationError(f"{where} contains {bad} NaN/Inf values; calibration data must be finite")
         out[s.name] = np.ascontiguousarray(x)
     return out
+
+
+def validate_batch(item: Any, graph: Graph, index: int = 0) -> dict[str, np.ndarray]:
+    """One batch (dict, tuple or array) as a validated feed dict for `graph`."""
+    specs = input_specs(graph)
+    return _check(_as_feed(item, specs, index), specs, index)
 
 
 def _shape_text(shape: tuple[int | str | None, ...]) -> str:

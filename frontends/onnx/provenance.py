@@ -30,6 +30,9 @@ TORCH_SCOPES = "pkg.torch.onnx.name_scopes"
 TORCH_CLASSES = "pkg.torch.onnx.class_hierarchy"
 TORCH_FX_NODE = "pkg.torch.onnx.fx_node"
 
+_PLACEHOLDER = "_empty_nn_module_stack_from_metadata_hook"
+"""What the exporter writes for nodes with no module stack (e.g. symbolic size ops): no provenance."""
+
 _OP_TARGET = re.compile(r"^(<built-in|(aten|prims|quantized_decomposed|quantized|_operator|operator)\.)")
 """A class-hierarchy entry that is an op target (the exporter's trailing FX-node entry), not a module class."""
 
@@ -63,7 +66,7 @@ def source_of(node: onnx.NodeProto) -> SourceInfo | None:
         return SourceInfo(props[QUANTIR_MODULE], props.get(QUANTIR_TYPE, ""))
     scopes = _literal_list(props.get(TORCH_SCOPES, ""))
     classes = _literal_list(props.get(TORCH_CLASSES, "")) or []
-    if scopes is None:
+    if scopes is None or (scopes and scopes[0] == _PLACEHOLDER):
         return None
     trailing_op = TORCH_FX_NODE in props or bool(classes and _OP_TARGET.match(classes[-1]))
     if trailing_op:

@@ -626,3 +626,13 @@ def test_bad_external_data_entries(tmp_path: Path, entries: dict[str, str], mess
         ext.add(key=k, value=v)
     with pytest.raises(FrontendError, match=message):
         import_onnx(m, base_dir=tmp_path)
+
+
+def test_exporter_placeholder_scope_is_not_provenance() -> None:
+    from quantir.tools.digits import bundled_model_path
+
+    graph = import_onnx(bundled_model_path())
+    by_op = {n.op_type: n.source for n in graph.nodes}
+    assert by_op["Shape"] is None  # the exporter's '_empty_nn_module_stack_from_metadata_hook'
+    convs = [n.source for n in graph.nodes if n.op_type == "Conv"]
+    assert [s.module for s in convs if s] == ["conv1", "conv2"]
