@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from typing import Literal, Protocol, TypeAlias, cast, runtime_checkable
+from typing import Literal, Protocol, TypeAlias, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -321,7 +321,7 @@ def make_observer(
     if algo in HISTOGRAM_METHODS:
         return HistogramObserver(
             bins,
-            cast(HistogramMethod, algo),
+            algo,
             percentile=percentile,
             symmetric=symmetric,
             qmin=qmin,

@@ -1,8 +1,9 @@
 """Scale and zero-point conventions of every target runtime, written once (ARCHITECTURE.md §4, step 4).
 
 Each `Convention` turns an observer's range into a `QuantType` exactly as its runtime does; `quantize`,
-`dequantize` and `fake_quantize` give a `QuantType` its meaning. Sources: ../shared/reference/ (ORT §3, INC §3-4,
-NNCF §1) and the runtimes' own code where those disagree (noted at each formula).
+`dequantize` and `fake_quantize` (from `quantir.ir.quant_math`, re-exported) give a `QuantType` its meaning.
+Sources: ../shared/reference/ (ORT §3, INC §3-4, NNCF §1) and the runtimes' own code where those disagree (noted
+at each formula).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy.typing as npt
 
 from quantir.ir.dtypes import DType
 from quantir.ir.errors import PassError
+from quantir.ir.quant_math import dequantize, fake_quantize, quantize
 from quantir.ir.types import Granularity, GranularityKind, QuantSpec, QuantType, Scheme
 
 __all__ = [
@@ -277,10 +279,6 @@ ScaleSet: TypeAlias = Literal["pow2", "arbitrary", "gaudi2", "gaudi3"]
 _FP8_MAX: dict[DType, float] = {
     DType.F8E4M3FN: 448.0, DType.F8E4M3FNUZ: 240.0, DType.F8E5M2: 57344.0, DType.F8E5M2FNUZ: 57344.0,
 }  # fmt: skip
-_ML_DTYPES: dict[DType, str] = {
-    DType.F8E4M3FN: "float8_e4m3fn", DType.F8E4M3FNUZ: "float8_e4m3fnuz", DType.F8E5M2: "float8_e5m2",
-    DType.F8E5M2FNUZ: "float8_e5m2fnuz",
-}  # fmt: skip
 # Hardware-aligned scales 2^e, e in [lo, hi] in steps of `step` (INC fp_utils EXP_BIAS_SETS): Gaudi2 E4M3 biases
 # {3,7,11,15} give {16, 1, 1/16, 1/256}; Gaudi3 biases 0..62 give 2^7..2^-55 (E4M3) and 2^15..2^-47 (E5M2).
 _HW_EXPONENTS: dict[tuple[str, DType], tuple[int, int, int]] = {
@@ -394,62 +392,8 @@ def adjust_weight_scale_for_bias(w_scale: QuantType, x_scale: QuantType, bias: n
 
 
 # ---- quantize / dequantize ------------------------------------------------------------------------------------------
-
-
-def _expand(param: np.ndarray, g: Granularity, shape: tuple[int, ...]) -> np.ndarray:
-    """Broadcast a scale or zero point of granularity `g` against a tensor of `shape`."""
-    if g.kind is GranularityKind.PER_TENSOR:
-        if param.size != 1:
-            raise PassError(f"per_tensor type has {param.size} scales")
-        return param.reshape(())
-    assert g.axis is not None
-    if not -len(shape) <= g.axis < len(shape):
-        raise PassError(f"axis {g.axis} is out of range for a tensor of shape {shape}")
-    axis = g.axis % len(shape)
-    if g.kind is GranularityKind.PER_CHANNEL:
-        if param.shape != (shape[axis],):
-            raise PassError(f"per_channel({g.axis}) needs {shape[axis]} scales, found shape {param.shape}")
-        return param.reshape([-1 if i == axis else 1 for i in range(len(shape))])
-    assert g.group_size is not None
-    blocked = tuple(-(-d // g.group_size) if i == axis else d for i, d in enumerate(shape))
-    if param.shape != blocked:
-        raise PassError(f"per_group({g.axis}, {g.group_size}) needs scales of shape {blocked}, found {param.shape}")
-    return np.repeat(param, g.group_size, axis=axis).take(range(shape[axis]), axis=axis)
-
-
-def _fp8_type(dtype: DType) -> type:
-    import ml_dtypes  # an onnx dependency; only the FP8 paths need it
-
-    return getattr(ml_dtypes, _ML_DTYPES[dtype])  # type: ignore[no-any-return]  # ml_dtypes names its types
-
-
-def quantize(x: npt.ArrayLike, qtype: QuantType) -> np.ndarray:
-    """round_half_even(x / s) + zp, clipped to [qmin, qmax], in the storage dtype (FP8: saturating cast, raw bits)."""
-    xf = np.asarray(x, dtype=np.float32)
-    scale = _expand(qtype.scale, qtype.granularity, xf.shape)
-    if qtype.dtype.is_float:
-        f8 = _fp8_type(qtype.dtype)
-        limit = _FP8_MAX[qtype.dtype]
-        return np.clip(xf / scale, -limit, limit).astype(f8).view(np.uint8)
-    zp = _expand(qtype.zero_point, qtype.granularity, xf.shape)
-    wide = np.float64 if qtype.dtype.bits > 16 else np.float32  # int32 bias needs float64, as ORT does
-    q = np.rint(xf.astype(wide) / scale.astype(wide)) + zp
-    return np.clip(q, qtype.qmin, qtype.qmax).astype(qtype.dtype.storage)
-
-
-def dequantize(q: npt.ArrayLike, qtype: QuantType) -> np.ndarray:
-    """(q - zp) · s as float32; FP8 `q` holds the raw bits that `quantize` returned."""
-    qa = np.asarray(q)
-    scale = _expand(qtype.scale, qtype.granularity, qa.shape)
-    if qtype.dtype.is_float:
-        return (qa.view(_fp8_type(qtype.dtype)).astype(np.float32) * scale).astype(np.float32)
-    zp = _expand(qtype.zero_point, qtype.granularity, qa.shape)
-    return ((qa.astype(np.float64) - zp) * scale).astype(np.float32)
-
-
-def fake_quantize(x: npt.ArrayLike, qtype: QuantType) -> np.ndarray:
-    """What consumers of a quantized value see: dequantize(quantize(x))."""
-    return dequantize(quantize(x, qtype), qtype)
+# `quantize`, `dequantize` and `fake_quantize` live in quantir.ir.quant_math (backends need them and may not import
+# the compiler); they are re-exported here next to the conventions that produce their QuantTypes.
 
 
 def fake_quantize_bounds(qtype: QuantType) -> tuple[np.ndarray, np.ndarray, int]:

@@ -95,6 +95,18 @@ def _cmd_opt(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from quantir.tools.bench import main as bench_main
+
+    return bench_main(args)
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from quantir.tools.convert import run_convert
+
+    return run_convert(args)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from quantir.tools.demo import run_demo
 
@@ -132,6 +144,23 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-ir-after-change", action="store_true", help="print the IR after passes that change it")
     p.add_argument("--reproducer", help="directory for a reproducer (input IR + pipeline) if a pass fails")
     p.set_defaults(func=_cmd_opt)
+
+    from quantir.tools.bench import add_arguments as add_bench_arguments
+
+    p = sub.add_parser("bench", help="benchmark quantir against ONNX Runtime's quantize_static (digits, MiniLM)")
+    add_bench_arguments(p)
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("convert", help="quantize a model for a target runtime, verify it and report")
+    p.add_argument("model", help="an .onnx or .qir file")
+    p.add_argument("--to", default="onnx-qdq", help="target: onnx-qdq or all (default: onnx-qdq)")
+    p.add_argument("--calib", required=True, help=".npz of calibration arrays keyed by input name (axis 0 = samples)")
+    p.add_argument("--config", help="a StaticQuantConfig as YAML or JSON")
+    p.add_argument("--sampling-size", type=int, help="calibration samples to use (default: the config's, 100)")
+    p.add_argument("-o", "--output", required=True, help="the artifact folder to write")
+    p.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass (stderr)")
+    p.add_argument("--print-ir-after-change", action="store_true", help="print the IR after passes that change it")
+    p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("demo", help="run the bundled example end to end and print what it measured")
     p.add_argument("--workdir", help="where to write artifacts (default: a temporary directory)")

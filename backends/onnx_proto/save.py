@@ -64,6 +64,9 @@ def _temporary(final: Path) -> Iterator[tuple[BinaryIO, Path]]:
     """An open temporary file next to `final`; removed again if the block fails."""
     fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
     path = Path(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # mkstemp creates 0600; the final file gets ordinary permissions
     try:
         with os.fdopen(fd, "wb") as f:
             yield f, path

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from quantir.compiler.passes.annotate import Annotate
+from quantir.compiler.passes.calibrate import Calibrate
 from quantir.compiler.passes.canonicalize import Canonicalize
+from quantir.compiler.passes.compute_qparams import ComputeQParams
 from quantir.compiler.passes.eliminate_dead_code import EliminateDeadCode
 
-__all__ = ["Canonicalize", "EliminateDeadCode"]
+__all__ = ["Annotate", "Calibrate", "Canonicalize", "ComputeQParams", "EliminateDeadCode"]

@@ -92,7 +92,9 @@ def test_crash_names_pass_and_writes_reproducer(tmp_path: Path) -> None:
 def test_parse_pipeline_options_and_errors() -> None:
     (p,) = parse_pipeline("dce{remove_custom_domains=true}")
     assert isinstance(p, EliminateDeadCode) and p.remove_custom_domains
-    with pytest.raises(PassError, match="unknown pass 'fold-everything' in pipeline; known passes: canonicalize, dce"):
+    with pytest.raises(
+        PassError, match=r"unknown pass 'fold-everything' in pipeline; known passes: .*canonicalize.*dce"
+    ):
         parse_pipeline("dce,fold-everything")
     with pytest.raises(PassError, match="pass 'dce' has no option 'aggressive'; options: remove_custom_domains"):
         parse_pipeline("dce{aggressive=1}")

@@ -1,0 +1,259 @@
+"""What ONNX Runtime's CPU EP runs as integer kernels, as data keyed by op type (onnxruntime-quantization.md §4).
+
+A row says which node-unit kind an op forms (compute, drop or absorbed), which inputs must come from
+DequantizeLinear, the fused kernel and its minimum opset; the functions below state the type constraints (8-bit
+activations, s8 weights with zero point 0, int32 bias at s_x·s_w, Relu/Clip folding) as reasons fusion fails.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from quantir.ir import DType, GranularityKind, Node, QuantType, TensorType, Value, traits_of
+from quantir.ir.quant_math import quantize
+
+__all__ = [
+    "ACTIVATION_DTYPES",
+    "ATTRIBUTE_RULES",
+    "CAPABILITIES",
+    "COVERAGE_KERNELS",
+    "FUSED_KERNELS",
+    "MIN_OPSET_PER_AXIS",
+    "MIN_OPSET_QDQ",
+    "OPSET_SIGNATURE_CHANGES",
+    "WEIGHT_DTYPES",
+    "Capability",
+    "UnitKind",
+    "activation_problem",
+    "bias_problem",
+    "capability_of",
+    "describe_params",
+    "fold_problem",
+    "quant_type_of",
+    "same_params",
+    "weight_problem",
+]
+
+
+class UnitKind(enum.Enum):
+    COMPUTE = "compute"
+    """DQ inputs -> op -> Q become one integer kernel (QLinearConv, QGemm...)."""
+    DROP = "drop"
+    """DQ -> op -> Q with identical parameters: ORT drops the pair and the op moves 8-bit data."""
+    ABSORBED = "absorbed"
+    """Relu/Clip after a compute unit: removed when the Q after it already clamps the same way."""
+
+
+@dataclass(frozen=True, slots=True)
+class Capability:
+    kind: UnitKind
+    kernel: str = ""
+    """The fused kernel ORT creates when the unit has an output Q."""
+    inputs: tuple[int, ...] | None = (0,)
+    """Input slots that must come from DequantizeLinear; None means every input."""
+    float_output_kernel: str | None = None
+    """The kernel when the output has no Q (None: the output Q is required for fusion)."""
+    min_opset: int = 10
+
+
+COMPUTE, DROP, ABSORBED = UnitKind.COMPUTE, UnitKind.DROP, UnitKind.ABSORBED
+
+CAPABILITIES: dict[str, Capability] = {
+    "Conv": Capability(COMPUTE, "QLinearConv", (0, 1)),
+    "MatMul": Capability(COMPUTE, "QLinearMatMul", (0, 1), float_output_kernel="MatMulIntegerToFloat"),
+    "Gemm": Capability(COMPUTE, "QGemm", (0, 1), float_output_kernel="QGemm"),
+    "Add": Capability(COMPUTE, "QLinearAdd", (0, 1)),
+    "Mul": Capability(COMPUTE, "QLinearMul", (0, 1)),
+    "Concat": Capability(COMPUTE, "QLinearConcat", None),
+    "Where": Capability(COMPUTE, "QLinearWhere", (1, 2)),
+    "AveragePool": Capability(COMPUTE, "QLinearAveragePool"),
+    "GlobalAveragePool": Capability(COMPUTE, "QLinearGlobalAveragePool"),
+    "Sigmoid": Capability(COMPUTE, "QLinearSigmoid"),
+    "LeakyRelu": Capability(COMPUTE, "QLinearLeakyRelu"),
+    "Softmax": Capability(COMPUTE, "QLinearSoftmax"),
+    **{op: Capability(DROP) for op in (
+        "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Expand", "Tile", "Slice", "Gather",
+        "GatherElements", "Resize", "DepthToSpace", "Split", "ReduceMin", "ReduceMax",
+    )},
+    "MaxPool": Capability(DROP, min_opset=12),
+    "Relu": Capability(ABSORBED),
+    "Clip": Capability(ABSORBED),
+}  # fmt: skip
+"""Ops ORT's CPU EP runs on integer data when wrapped in Q/DQ; every other op stays float."""
+
+ACTIVATION_DTYPES = frozenset({DType.U8, DType.I8})
+"""8-bit activations only: 16-bit, 4-bit and FP8 break compute units. S8 is rewritten to U8 on x86 (QDQS8ToU8)."""
+WEIGHT_DTYPES = frozenset({DType.I8})
+"""Symmetric s8 weights with zero point 0 (U8 activations x S8 weights on x86; S8 x S8 via the S8->U8 rewrite)."""
+
+MIN_OPSET_QDQ = 10
+"""QuantizeLinear/DequantizeLinear exist from opset 10."""
+MIN_OPSET_PER_AXIS = 13
+"""The `axis` attribute (per-channel scales) of QuantizeLinear/DequantizeLinear needs opset 13."""
+
+
+def _float_attr(node: Node, name: str, default: float) -> float:
+    value = node.attr(name, default)
+    return float(value) if isinstance(value, (int, float)) else default
+
+
+def _has_input(node: Node, index: int) -> bool:
+    return len(node.inputs) > index and node.inputs[index] is not None
+
+
+def _gemm_rule(node: Node) -> str | None:
+    # QGemm folds beta into the int32 bias and alpha into the output scale only without a bias (checked against
+    # ORT 1.32: alpha=0.5 without C fuses, with C it does not; transA fuses).
+    if not _has_input(node, 2):
+        return None
+    beta, alpha = _float_attr(node, "beta", 1.0), _float_attr(node, "alpha", 1.0)
+    if beta != 1.0:
+        return f"Gemm beta={beta:g} prevents QGemm fusion"
+    if alpha != 1.0:
+        return f"Gemm alpha={alpha:g} with a bias prevents QGemm fusion"
+    return None
+
+
+ATTRIBUTE_RULES: dict[str, Callable[[Node], str | None]] = {"Gemm": _gemm_rule}
+"""Attribute values that prevent fusion: a reason, or None when the node fuses."""
+
+COVERAGE_KERNELS: dict[str, frozenset[str]] = {
+    "Conv": frozenset({"QLinearConv", "ConvInteger"}),
+    "MatMul": frozenset({"QLinearMatMul", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulInteger"}),
+    "Gemm": frozenset({"QGemm"}),
+}
+"""The integer kernels each heavy op may become; coverage counts these ops."""
+
+FUSED_KERNELS: frozenset[str] = frozenset(
+    {c.kernel for c in CAPABILITIES.values() if c.kernel}
+    | {c.float_output_kernel for c in CAPABILITIES.values() if c.float_output_kernel}
+    | {k for ks in COVERAGE_KERNELS.values() for k in ks}
+)
+"""Every integer kernel `verify` counts in ORT's optimized model."""
+
+OPSET_SIGNATURE_CHANGES: dict[str, tuple[int, ...]] = {
+    "Add": (7,), "Sub": (7,), "Mul": (7,), "Div": (7,), "Gemm": (7,), "PRelu": (7,), "BatchNormalization": (7, 9),
+    "Concat": (4,), "Reshape": (5,), "Tile": (6,), "Cast": (6,), "Upsample": (7, 9, 10), "Scan": (9,),
+    "Slice": (10,), "TopK": (10,), "Clip": (11,), "Pad": (11,), "Resize": (11,), "Dropout": (12,),
+    "Squeeze": (13,), "Unsqueeze": (13,), "Split": (13,), "ReduceSum": (13,), "Softmax": (13,),
+    "LogSoftmax": (13,), "Hardmax": (13,), "GRU": (7,), "LSTM": (7,), "RNN": (7,),
+}  # fmt: skip
+"""Opset versions (up to 13) at which an op's inputs, attributes or meaning changed, so that a node written for an
+older opset may be invalid at the newer one (ONNX Changelog). Changes that only add types or optional attributes
+are not listed."""
+
+
+# ---- type constraints of a unit (each returns the reason fusion fails, or None) ---------------------------------
+
+
+def quant_type_of(v: Value | None) -> QuantType | None:
+    """The calibrated quant type of `v`, or None."""
+    return v.quant if v is not None and isinstance(v.quant, QuantType) else None
+
+
+def describe_params(q: QuantType) -> str:
+    """`u8 scale [0.1] zp [3]`, for messages (at most four channels shown)."""
+    return f"{q.dtype} scale {q.scale.reshape(-1)[:4].tolist()} zp {q.zero_point.reshape(-1)[:4].tolist()}"
+
+
+def activation_problem(v: Value, q: QuantType, kernel: str) -> str | None:
+    """Activations of a unit are 8-bit and per tensor (one constant scalar scale and zero point)."""
+    if q.dtype not in ACTIVATION_DTYPES:
+        return f"%{v.name} is {q.dtype}; {kernel} needs 8-bit (u8/s8) activations"
+    if q.granularity.kind is not GranularityKind.PER_TENSOR:
+        return f"%{v.name} is quantized {q.granularity.kind.value}; {kernel} needs one activation scale and zero point"
+    return None
+
+
+def weight_problem(node: Node, w: Value, q: QuantType, axis: int, kernel: str) -> str | None:
+    """Weights are s8 symmetric with zero point 0, per tensor or per channel on the op's output-channel `axis`."""
+    if q.dtype not in WEIGHT_DTYPES:
+        return f"weight %{w.name} is {q.dtype}; {kernel} needs s8 symmetric weights"
+    if q.zero_point.any():
+        return f"weight %{w.name} has nonzero zero points; {kernel} needs symmetric weights with zero point 0"
+    g = q.granularity
+    if g.kind is GranularityKind.PER_GROUP:
+        return f"weight %{w.name} is quantized per group; ONNX Runtime has no 8-bit blocked {kernel}"
+    rank = w.type.rank if isinstance(w.type, TensorType) else None
+    if g.kind is GranularityKind.PER_CHANNEL and g.axis is not None and rank and g.axis % rank != axis:
+        return (f"weight %{w.name} is quantized per channel on axis {g.axis % rank}; the output channels of "
+                f"{node.op_type} are on axis {axis}")  # fmt: skip
+    return None
+
+
+def bias_problem(node: Node, x: QuantType, w: QuantType, kernel: str) -> str | None:
+    """A bias is a constant int32 with zero point 0 and scale s_x·s_w: the fused kernel assumes that scale."""
+    index = traits_of(node.op_type, node.domain).bias
+    b = node.inputs[index] if index is not None and index < len(node.inputs) else None
+    if b is None:
+        return None
+    q = quant_type_of(b)
+    if q is None or not b.is_constant:
+        return f"bias %{b.name} of {node.op_type} is float; {kernel} needs an int32 bias (scale s_x·s_w, zero point 0)"
+    if q.dtype is not DType.I32 or q.zero_point.any():
+        return f"bias %{b.name} is quantized as {describe_params(q)}; {kernel} needs int32 with zero point 0"
+    expected = np.float32(x.scale.reshape(())) * w.scale
+    per_channel = w.granularity.kind is GranularityKind.PER_CHANNEL
+    if per_channel and (q.granularity.kind is not GranularityKind.PER_CHANNEL or q.scale.shape != expected.shape):
+        return f"bias %{b.name} must be quantized per channel like weight of {node.op_type}"
+    if not np.allclose(q.scale, expected, rtol=1e-6, atol=0.0):
+        return f"bias %{b.name} scale differs from s_x·s_w; {kernel} rescales the int32 bias by input and weight scales"
+    return None
+
+
+def _clip_bounds(node: Node) -> tuple[float, float] | None:
+    """Clip's constant (min, max): inputs from opset 11, attributes before; None when not constant."""
+    bounds: list[float] = []
+    for i, attr, default in ((1, "min", -np.inf), (2, "max", np.inf)):
+        v = node.inputs[i] if i < len(node.inputs) else None
+        value = node.attr(attr, default)
+        if v is not None:
+            if v.const is None or v.const.size != 1:
+                return None
+            value = float(v.const.numpy().reshape(()))
+        if not isinstance(value, (int, float)):
+            return None
+        bounds.append(float(value))
+    return bounds[0], bounds[1]
+
+
+def fold_problem(act: Node) -> str | None:
+    """Why Relu/Clip `act` cannot be absorbed into the QuantizeLinear of its output, or None."""
+    out = act.outputs[0]
+    q = quant_type_of(out)
+    if out is None or q is None:
+        return f"{act.op_type} output is not quantized, so no QuantizeLinear can absorb it"
+    if q.dtype not in ACTIVATION_DTYPES or q.granularity.kind is not GranularityKind.PER_TENSOR:
+        return f"{act.op_type} output %{out.name} is not an 8-bit per-tensor activation"
+    lo, hi = q.dtype.int_range  # QuantizeLinear saturates to the full storage range
+    if act.op_type == "Relu":
+        if int(q.zero_point.reshape(())) != lo:
+            return (f"Relu output zero point {int(q.zero_point.reshape(()))} is not the {q.dtype} minimum {lo}, so "
+                    "QuantizeLinear does not clamp like Relu")  # fmt: skip
+        return None
+    bounds = _clip_bounds(act)
+    if bounds is None:
+        return "Clip bounds are not constant, so Clip cannot fold into Q"
+    full = dataclasses.replace(q, qmin=lo, qmax=hi)
+    codes = quantize(np.array(bounds, np.float32), full)
+    if int(codes[0]) != lo or int(codes[1]) != hi:
+        return f"Clip range [{bounds[0]:g}, {bounds[1]:g}] is narrower than the quantized range of %{out.name}"
+    return None
+
+
+def same_params(a: QuantType, b: QuantType) -> bool:
+    """Byte-identical storage type, scale and zero point: what ORT needs to drop Q/DQ around data movement."""
+    return (a.dtype == b.dtype and a.granularity == b.granularity and a.scale.tobytes() == b.scale.tobytes()
+            and a.zero_point.tobytes() == b.zero_point.tobytes())  # fmt: skip
+
+
+def capability_of(node: Node) -> Capability | None:
+    """The row for `node`, or None when ORT has no integer execution for it."""
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    return CAPABILITIES.get(node.op_type)

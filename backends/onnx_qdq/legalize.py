@@ -1,0 +1,379 @@
+"""Legalize a quantized IR graph for ONNX Runtime's QDQ fusion (ARCHITECTURE.md §5).
+
+Postcondition: only what ORT's CPU EP runs as fused integer kernels stays quantized, and every quant type removed
+or op left in float has a reason in the `LegalizeReport`. `classify` applies the node-unit rules of
+`capabilities` to the current quant types; `legalize_for_onnx_qdq` removes what no unit needs until nothing changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from quantir.backends.onnx_qdq.capabilities import (
+    ATTRIBUTE_RULES,
+    MIN_OPSET_PER_AXIS,
+    MIN_OPSET_QDQ,
+    OPSET_SIGNATURE_CHANGES,
+    Capability,
+    UnitKind,
+    activation_problem,
+    bias_problem,
+    capability_of,
+    describe_params,
+    fold_problem,
+    quant_type_of,
+    same_params,
+    weight_problem,
+)
+from quantir.backends.onnx_qdq.lower import node_names, require_calibrated
+from quantir.ir import GranularityKind, Graph, Node, PassError, QuantType, TensorType, Value, traits_of
+from quantir.ir.printer import format_context
+from quantir.ir.traits import weight_inputs
+
+__all__ = [
+    "LegalizeReport", "NodeDecision", "UnitStatus", "ValueDecision", "classify", "legalize_for_onnx_qdq",
+    "quantized_compute_units",
+]  # fmt: skip
+
+ORPHAN = "no integer kernel reads or writes it"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeDecision:
+    """Whether a node runs as (part of) an integer kernel, and why or why not."""
+
+    node: str
+    op_type: str
+    module: str
+    quantized: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ValueDecision:
+    """A quant type legalization removed, and why."""
+
+    value: str
+    reason: str
+
+
+@dataclass(slots=True)
+class LegalizeReport:
+    """Per node: quantized or not, and why; per removed quant type: why; and the opset before and after."""
+
+    nodes: list[NodeDecision] = field(default_factory=list)
+    removed: list[ValueDecision] = field(default_factory=list)
+    opset_before: int = 0
+    opset_after: int = 0
+
+    def __getitem__(self, node: str) -> NodeDecision:
+        for d in self.nodes:
+            if d.node == node:
+                return d
+        raise KeyError(f"no node {node!r} in the legalize report")
+
+    def removed_reason(self, value: str) -> str | None:
+        return next((d.reason for d in self.removed if d.value == value), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "opset_before": self.opset_before,
+            "opset_after": self.opset_after,
+            "nodes": [
+                {"node": d.node, "op_type": d.op_type, "module": d.module, "quantized": d.quantized, "reason": d.reason}
+                for d in self.nodes
+            ],
+            "removed": [{"value": d.value, "reason": d.reason} for d in self.removed],
+        }
+
+    def format(self) -> str:
+        rows = [("node", "op", "module", "quantized", "reason")]
+        rows += [(d.node, d.op_type, d.module, "yes" if d.quantized else "no", d.reason) for d in self.nodes]
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows]
+        if self.removed:
+            lines.append("")
+            lines.append("quantization removed:")
+            lines += [f"  %{d.value}: {d.reason}" for d in self.removed]
+        if self.opset_after != self.opset_before:
+            lines.append(f"opset raised from {self.opset_before} to {self.opset_after}")
+        return "\n".join(lines)
+
+
+# ---- node-unit rules ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UnitStatus:
+    """How ORT would run one node given the current quant types."""
+
+    quantized: bool
+    reason: str
+    kind: UnitKind | None = None
+    kernel: str = ""
+    fold: Node | None = None
+    """The Relu/Clip absorbed into this compute unit's output QuantizeLinear."""
+
+
+def _float(reason: str, kind: UnitKind | None = None) -> UnitStatus:
+    return UnitStatus(False, reason, kind)
+
+
+def _folded_activation(node: Node, graph: Graph) -> Node | None:
+    """The Relu/Clip that is the only reader of `node`'s output and can fold into its Q."""
+    out = node.outputs[0] if node.outputs else None
+    if out is None or graph.is_output(out) or len(out.uses()) != 1:
+        return None
+    reader, idx = out.uses()[0]
+    cap = capability_of(reader)
+    if idx != 0 or cap is None or cap.kind is not UnitKind.ABSORBED:
+        return None
+    return reader if fold_problem(reader) is None else None
+
+
+def _slots(node: Node, cap: Capability) -> tuple[int, ...]:
+    return tuple(range(len(node.inputs))) if cap.inputs is None else cap.inputs
+
+
+def _not_float(node: Node, cap: Capability) -> str | None:
+    """A reason when the unit's data inputs are all integer or bool tensors (shape arithmetic): nothing to quantize."""
+    data = [node.inputs[i] for i in _slots(node, cap) if i < len(node.inputs)]
+    types = [v.type for v in data if v is not None]
+    if types and all(isinstance(t, TensorType) and not t.dtype.is_float for t in types):
+        kinds = sorted({str(t.dtype) for t in types if isinstance(t, TensorType)})
+        return f"{node.op_type} works on {'/'.join(kinds)} data, not float: nothing to quantize"
+    return None
+
+
+def _compute_unit(node: Node, cap: Capability, graph: Graph, opset: int) -> UnitStatus:
+    op = node.op_type
+    if (problem := _not_float(node, cap)) is not None:
+        return _float(problem, cap.kind)
+    if opset < cap.min_opset:
+        return _float(f"{op} at opset {opset}: ORT fuses it only from opset {cap.min_opset}", cap.kind)
+    rule = ATTRIBUTE_RULES.get(op)
+    if rule is not None and (problem := rule(node)) is not None:
+        return _float(problem, cap.kind)
+    weights = {i: a for i, a in weight_inputs(node).items() if (w := node.inputs[i]) is not None and w.is_constant}
+    acts: list[tuple[Value, QuantType]] = []
+    qs: dict[int, QuantType] = {}
+    for i in _slots(node, cap):
+        v = node.inputs[i] if i < len(node.inputs) else None
+        if v is None:
+            continue
+        q = quant_type_of(v)
+        if q is None:
+            return _float(f"input %{v.name} of {op} is not quantized; ORT fuses {op} into {cap.kernel} only when "
+                          "every float input comes from DequantizeLinear", cap.kind)  # fmt: skip
+        problem = (
+            weight_problem(node, v, q, weights[i], cap.kernel) if i in weights else activation_problem(v, q, cap.kernel)
+        )
+        if problem is not None:
+            return _float(problem, cap.kind)
+        qs[i] = q
+        if i not in weights:
+            acts.append((v, q))
+    fold = _folded_activation(node, graph)
+    out_value = fold.outputs[0] if fold is not None else node.outputs[0]
+    assert out_value is not None
+    out_q = quant_type_of(out_value)
+    kernel = cap.kernel
+    if out_q is None:
+        if cap.float_output_kernel is None:
+            return _float(f"output %{out_value.name} of {op} is not quantized; ORT fuses {op} into {cap.kernel} only "
+                          "when QuantizeLinear follows it", cap.kind)  # fmt: skip
+        kernel = cap.float_output_kernel
+    else:
+        if (problem := activation_problem(out_value, out_q, kernel)) is not None:
+            return _float(problem, cap.kind)
+        acts.append((out_value, out_q))
+    if len({q.dtype for _, q in acts}) > 1:
+        mix = ", ".join(f"%{v.name} {q.dtype}" for v, q in acts)
+        return _float(f"{op} mixes activation types ({mix}); ORT fuses only identical types within a unit", cap.kind)
+    if 0 in qs and 1 in qs and (problem := bias_problem(node, qs[0], qs[1], kernel)) is not None:
+        return _float(problem, cap.kind)
+    return UnitStatus(True, f"runs as {kernel}", cap.kind, kernel, fold)
+
+
+def _drop_problem(node: Node, cap: Capability, opset: int) -> str | None:
+    op, x = node.op_type, node.inputs[0] if node.inputs else None
+    if (problem := _not_float(node, cap)) is not None:
+        return problem
+    if opset < cap.min_opset:
+        return f"{op} at opset {opset}: ORT runs it on 8-bit data only from opset {cap.min_opset}"
+    qx = quant_type_of(x)
+    if x is None or qx is None:
+        return f"{op} input{f' %{x.name}' if x is not None else ''} is not quantized"
+    if (problem := activation_problem(x, qx, f"8-bit {op}")) is not None:
+        return problem
+    for out in node.outputs:
+        if out is None:
+            continue
+        qo = quant_type_of(out)
+        if qo is None:
+            return f"{op} output %{out.name} is not quantized"
+        if not same_params(qx, qo):
+            return (f"{op} input and output quantization differ (%{x.name}: {describe_params(qx)}; %{out.name}: "
+                    f"{describe_params(qo)}); ORT drops the Q/DQ around {op} only when they are identical")  # fmt: skip
+    return None
+
+
+def reads_quantized(node: Node, index: int) -> bool:
+    """Whether input `index` of a quantized `node` is read through DequantizeLinear by its integer kernel."""
+    cap = capability_of(node)
+    if cap is None or cap.kind is UnitKind.ABSORBED:
+        return False
+    if cap.kind is UnitKind.DROP:
+        return index == 0
+    return index in _slots(node, cap) or index == traits_of(node.op_type, node.domain).bias
+
+
+def classify(graph: Graph, opset: int) -> dict[Node, UnitStatus]:
+    """How ORT would run each node of `graph` at `opset` given its current quant types (nothing is changed)."""
+    status: dict[Node, UnitStatus] = {}
+    for node in graph.nodes:
+        cap = capability_of(node)
+        if cap is None:
+            status[node] = _float(f"{node.op_type} has no integer kernel in ONNX Runtime")
+        elif cap.kind is UnitKind.COMPUTE:
+            status[node] = _compute_unit(node, cap, graph, opset)
+    folded = {st.fold: n for n, st in status.items() if st.quantized and st.fold is not None}
+    candidates: dict[Node, UnitStatus] = {}
+    for node in graph.nodes:
+        cap = capability_of(node)
+        if cap is None or node in status:
+            continue
+        if cap.kind is UnitKind.ABSORBED:
+            unit = folded.get(node)
+            if unit is not None:
+                status[node] = UnitStatus(True, f"{node.op_type} folded into Q", cap.kind)
+                continue
+            x = node.inputs[0] if node.inputs else None
+            p = x.producer if x is not None else None
+            why = fold_problem(node) or (
+                f"{node.op_type} input has other readers" if p is not None and status.get(p, _float("")).quantized
+                else "it follows no quantized Conv/MatMul/Gemm-like op it could fold into")  # fmt: skip
+            status[node] = _float(f"{node.op_type} has no integer kernel in ONNX Runtime; {why}", cap.kind)
+        elif (problem := _drop_problem(node, cap, opset)) is not None:
+            status[node] = _float(problem, cap.kind)
+        else:
+            candidates[node] = UnitStatus(
+                True, f"runs on 8-bit data (ORT drops the Q/DQ around {node.op_type})", cap.kind
+            )
+    _anchor_drop_units(graph, status, candidates)
+    return {n: status[n] for n in graph.nodes}
+
+
+def _anchor_drop_units(graph: Graph, status: dict[Node, UnitStatus], candidates: dict[Node, UnitStatus]) -> None:
+    """A data-movement op stays quantized only when it connects to an integer kernel; alone it is a Q/DQ round trip."""
+    anchored = {n for n, st in status.items() if st.quantized}
+    changed = True
+    while changed:
+        changed = False
+        for node in candidates.keys() - anchored:
+            x = node.inputs[0]
+            near = [x.producer] if x is not None and x.producer is not None else []
+            near += [u.node for o in node.outputs if o is not None for u in o.uses() if reads_quantized(u.node, u.idx)]
+            if any(n in anchored for n in near):
+                anchored.add(node)
+                changed = True
+    for node, st in candidates.items():
+        status[node] = st if node in anchored else _float(
+            f"{node.op_type} moves data between float ops only; quantizing it would add a Q/DQ round trip "
+            "without an integer kernel", st.kind)  # fmt: skip
+
+
+def _opset_blocker(graph: Graph, old: int, new: int) -> tuple[Node, int] | None:
+    """The first node (and the opset) whose op changed its inputs or meaning between `old` and `new`."""
+    for node in graph.nodes:
+        if node.domain in ("", "ai.onnx"):
+            for version in OPSET_SIGNATURE_CHANGES.get(node.op_type, ()):
+                if old < version <= new:
+                    return node, version
+    return None
+
+
+def _target_opset(graph: Graph, opset_min: int) -> int:
+    """The opset of the quantized model: `opset_min` where the graph's ops allow it, at least what Q/DQ need
+    (10, or 13 for per-channel axes); refuses when even that would change the meaning of an op."""
+    quant = [v.quant for v in graph.values() if isinstance(v.quant, QuantType)]
+    old = graph.opset
+    per_axis = any(q.granularity.kind is GranularityKind.PER_CHANNEL for q in quant)
+    required = MIN_OPSET_PER_AXIS if per_axis else MIN_OPSET_QDQ
+    wanted = max(opset_min, required)
+    if not quant or old >= wanted:
+        return old
+    if _opset_blocker(graph, old, wanted) is None:
+        return wanted
+    if old >= required:
+        return old
+    blocker = _opset_blocker(graph, old, required)
+    if blocker is None:
+        return required
+    node, version = blocker
+    what = "QuantizeLinear/DequantizeLinear with a per-channel axis" if per_axis else "QuantizeLinear/DequantizeLinear"
+    raise PassError(
+        f"{node.describe()}: the quantized model needs opset {required} ({what}), but the graph is opset {old} "
+        f"and {node.op_type} changed its inputs or meaning at opset {version}.\n{format_context(graph, node)}\n"
+        f"  hint: convert the float model first (onnx.version_converter.convert_version(model, {required})) and "
+        "import it again"
+    )
+
+
+def _removal_reason(v: Value, status: dict[Node, UnitStatus]) -> str | None:
+    """Why `v` must lose its quant type, or None when an integer kernel reads or writes it."""
+    p = v.producer
+    if p is not None:
+        st = status[p]
+        if st.quantized and st.fold is not None:
+            return f"{st.fold.op_type} folded into Q"
+        if st.quantized:
+            return None
+    if any(status[u.node].quantized and reads_quantized(u.node, u.idx) for u in v.uses()):
+        return None
+    return ORPHAN
+
+
+def legalize_for_onnx_qdq(graph: Graph, *, opset_min: int = 13) -> LegalizeReport:
+    """Remove every quant type ORT's CPU EP would not run in an integer kernel; mutates `graph`.
+
+    Pure function of the graph (no runtime is called). Removals repeat until nothing changes, since dropping one
+    unit can leave its neighbours' quant types orphaned. A float node keeps the first reason found for it.
+    Raises `PassError` for uncalibrated QuantSpecs, and when per-axis quantization needs opset 13 but an op of the
+    graph changed meaning between its opset and 13 (nothing is changed then).
+    """
+    require_calibrated(graph)
+    before = graph.opset
+    target = _target_opset(graph, opset_min)
+    report = LegalizeReport(opset_before=before, opset_after=before)
+    first_reason: dict[Node, str] = {}
+    while True:
+        status = classify(graph, target)
+        for node, st in status.items():
+            if not st.quantized:
+                first_reason.setdefault(node, st.reason)
+        changed = False
+        for v in list(graph.values()):
+            if isinstance(v.quant, QuantType) and (reason := _removal_reason(v, status)) is not None:
+                v.quant = None
+                report.removed.append(ValueDecision(v.name, reason))
+                changed = True
+        if not changed:
+            break
+    if target > before and any(isinstance(v.quant, QuantType) for v in graph.values()):
+        key = "ai.onnx" if "ai.onnx" in graph.opset_imports and "" not in graph.opset_imports else ""
+        graph.opset_imports[key] = target
+        report.opset_after = target
+    for node, name in zip(graph.nodes, node_names(graph)):
+        st = status[node]
+        module = node.source.module if node.source is not None else ""
+        reason = st.reason if st.quantized else first_reason[node]
+        report.nodes.append(NodeDecision(name, node.op_type, module, st.quantized, reason))
+    return report
+
+
+def quantized_compute_units(graph: Graph) -> list[tuple[Node, str]]:
+    """(node, expected ORT kernel) for each compute unit of a legalized graph that ORT should fuse."""
+    status = classify(graph, graph.opset)
+    return [(n, st.kernel) for n, st in status.items() if st.quantized and st.kind is UnitKind.COMPUTE]

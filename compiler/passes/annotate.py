@@ -1,0 +1,132 @@
+"""`annotate`: resolve the user's config (INC semantics) against the target's capabilities and put a
+`QuantSpec` on every value to be quantized. Every op gets a decision; every op left float gets a reason.
+
+Compute ops get specs on their weights (per the op traits' channel axis), activation inputs and output;
+scale-transparent ops follow their data input; Relu/Clip after a quantized op are quantized on their output
+so the backend can absorb them. A value's first spec wins (its producer's), so specs never conflict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from quantir.compiler.config import StaticQuantConfig
+from quantir.compiler.config_resolve import OpRef, ResolvedOpConfig, resolve_op_configs
+from quantir.compiler.decisions import record
+from quantir.compiler.isa import default_reduce_range
+from quantir.compiler.pass_manager import PassContext, PassResult, register_pass
+from quantir.compiler.qparams import quant_range
+from quantir.compiler.targets import TargetCaps, UnitKind, target
+from quantir.ir import DType, GranularityKind, Graph, Node, QuantSpec, TensorType, Value, traits_of, weight_inputs
+
+__all__ = ["Annotate"]
+
+_FLOAT_TYPES = (DType.F32, DType.F16)
+
+
+def _is_float_tensor(v: Value | None) -> bool:
+    return v is not None and isinstance(v.type, TensorType) and v.type.dtype in _FLOAT_TYPES
+
+
+def _op_ref(node: Node, index: int) -> OpRef:
+    src = node.source
+    return OpRef(index, node.op_type, node.name, src.module if src else None, src.module_type if src else None)
+
+
+def _weight_spec(spec: QuantSpec, reduce_range: bool) -> QuantSpec:
+    if not reduce_range or not spec.dtype.is_integer or spec.dtype not in (DType.I8, DType.U8):
+        return spec
+    qmin, qmax = quant_range(spec.dtype, symmetric=spec.scheme.value == "sym", reduce_range=True)
+    return QuantSpec(spec.dtype, spec.scheme, spec.granularity, spec.observer, qmin, qmax)
+
+
+@register_pass
+@dataclass(frozen=True, slots=True)
+class Annotate:
+    name: ClassVar[str] = "annotate"
+
+    backend: str = "onnx_qdq"
+    config: StaticQuantConfig = field(default_factory=StaticQuantConfig)
+    reduce_range: bool | None = None
+    """Overrides the config's reduce_range; None keeps it (and the config's None means: decide from the CPU)."""
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        caps = target(self.backend)
+        nodes = list(graph.nodes)
+        resolved = resolve_op_configs(self.config, [_op_ref(n, i) for i, n in enumerate(nodes)],
+                                      known_op_types=set(caps.units))  # fmt: skip
+        changed = False
+        for node, res in zip(nodes, resolved, strict=True):
+            quantized, reason = self._annotate(node, res, caps)
+            record(ctx.data, node, quantized, reason)
+            changed |= quantized
+        ctx.data["reduce_range"] = self._reduce_range()
+        return PassResult(changed)
+
+    def _reduce_range(self) -> bool:
+        rr = self.reduce_range if self.reduce_range is not None else self.config.reduce_range
+        return default_reduce_range() if rr is None else rr
+
+    def _annotate(self, node: Node, res: ResolvedOpConfig, caps: TargetCaps) -> tuple[bool, str]:
+        if node.domain not in ("", "ai.onnx"):
+            return False, f"op of domain {node.domain!r} has no integer kernel in {caps.runtime}"
+        kind = caps.units.get(node.op_type)
+        if kind is None:
+            return False, caps.float_reason(node.op_type)
+        if not res.quantize:
+            return False, res.reason
+        if kind is UnitKind.COMPUTE:
+            return self._compute(node, res, caps)
+        data = node.inputs[0] if node.inputs else None
+        if data is None or not isinstance(data.quant, QuantSpec) or data.const is not None:
+            return False, "its input is not quantized"
+        out = node.outputs[0]
+        if out is None or not _is_float_tensor(out):
+            return False, "its output is not a float tensor"
+        if kind is UnitKind.TRANSPARENT:
+            if data.quant.granularity.kind is not GranularityKind.PER_TENSOR:
+                return False, "its input is quantized per channel"
+            self._set(out, data.quant)
+            return True, "moves int8 data: shares its input's quantization"
+        act = res.activation_spec()
+        if act is None:
+            return False, res.reason
+        self._set(out, act)
+        return True, "absorbed into the preceding quantized op's output"
+
+    def _compute(self, node: Node, res: ResolvedOpConfig, caps: TargetCaps) -> tuple[bool, str]:
+        traits = traits_of(node.op_type)
+        weights = weight_inputs(node)
+        act = res.activation_spec()
+        plan: list[tuple[Value, QuantSpec]] = []
+        for i, v in enumerate(node.inputs):
+            if v is None or i == traits.bias:
+                continue
+            if not _is_float_tensor(v):
+                return False, f"input {i} (%{v.name}) is not a float tensor"
+            if i in weights and v.const is not None:
+                axis = weights[i]
+                spec = res.weight_spec(axis) if res.weight and res.weight.granularity is GranularityKind.PER_CHANNEL \
+                    else (None if res.weight is None else res.weight.spec())  # fmt: skip
+                if spec is None:
+                    return False, res.reason
+                plan.append((v, _weight_spec(spec, self._reduce_range())))
+                continue
+            if node.op_type in caps.weight_inputs_only and i in traits.weights:
+                return False, f"{node.op_type} of two activations has no integer kernel in {caps.runtime}"
+            if act is None:
+                return False, res.reason
+            plan.append((v, v.quant if isinstance(v.quant, QuantSpec) else act))
+        out = node.outputs[0]
+        if out is None or not _is_float_tensor(out) or act is None:
+            return False, "its output is not a float tensor"
+        for v, spec in plan:
+            self._set(v, spec)
+        self._set(out, act)
+        return True, res.reason
+
+    @staticmethod
+    def _set(v: Value, spec: QuantSpec) -> None:
+        if v.quant is None:
+            v.quant = spec

@@ -1,0 +1,144 @@
+"""`calibrate`: run the float model in ONNX Runtime over the calibration data and feed every value that
+carries an activation `QuantSpec` to a streaming observer. Memory is bounded by the observers (histograms),
+never by stored activations. The ranges go to `ctx.data["ranges"]` keyed by value name.
+
+`Calibrator` is the reusable part: the prepared model of the public API feeds it batch by batch.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from quantir.compiler.calib_data import feeds
+from quantir.compiler.observers import Observer, make_observer
+from quantir.compiler.pass_manager import PassContext, PassResult, register_pass
+from quantir.ir import CalibrationError, Graph, QuantSpec, Scheme, Value
+from quantir.ir.clone import clone_graph
+
+__all__ = ["RANGES_KEY", "Calibrate", "Calibrator", "observed_values"]
+
+RANGES_KEY = "ranges"
+
+
+def observed_values(graph: Graph) -> list[Value]:
+    """Non-constant values whose QuantSpec needs a calibrated range."""
+    return [v for v in graph.values() if isinstance(v.quant, QuantSpec) and v.const is None]
+
+
+def _observer(v: Value, percentile: float) -> Observer:
+    spec = v.quant
+    assert isinstance(spec, QuantSpec)
+    qmin = spec.qmin if spec.qmin is not None else 0
+    qmax = spec.qmax if spec.qmax is not None else 255
+    return make_observer(spec.observer, axis=spec.granularity.axis, symmetric=spec.scheme is Scheme.SYM,
+                         qmin=qmin, qmax=qmax, percentile=percentile, name=v.name)  # fmt: skip
+
+
+class Calibrator:
+    """An ORT session over the float graph that also returns every observed value, and their observers."""
+
+    def __init__(self, graph: Graph, *, percentile: float = 99.999) -> None:
+        import onnxruntime as ort
+
+        from quantir.backends.onnx_proto import save_model
+
+        values = observed_values(graph)
+        self.observers = {v.name: _observer(v, percentile) for v in values}
+        self.samples = 0
+        self.seconds = 0.0
+        model_graph, vmap = clone_graph(graph)
+        for v in model_graph.values():
+            v.quant = None
+        self.output_names = [v.name for v in graph.outputs]
+        model_graph.outputs = list(dict.fromkeys([*model_graph.outputs, *(vmap[v] for v in values)]))
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        # Basic optimizations only: extended fusions could swallow the exposed intermediate tensors.
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        with tempfile.TemporaryDirectory(prefix="quantir-calib-") as tmp:
+            path = Path(tmp) / "calibration.onnx"
+            save_model(model_graph, path)
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.fetch = list(dict.fromkeys([*self.output_names, *self.observers]))
+
+    def observe(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run one validated batch; update observers; return the model's own outputs."""
+        t0 = time.perf_counter()
+        try:
+            results = self.session.run(self.fetch, feed)
+        except Exception as e:
+            raise CalibrationError(f"ONNX Runtime failed while calibrating: {e}") from e
+        by_name = dict(zip(self.fetch, results, strict=True))
+        for name, obs in self.observers.items():
+            obs.update(by_name[name])
+        first = next(iter(feed.values())) if feed else None
+        self.samples += int(first.shape[0]) if first is not None and first.ndim else 1
+        self.seconds += time.perf_counter() - t0
+        return [by_name[n] for n in self.output_names]
+
+    def ranges(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        if self.samples == 0:
+            raise CalibrationError("the model was never called with calibration data; call it (or pass data) first")
+        return {name: obs.range() for name, obs in self.observers.items()}
+
+    def stats(self) -> dict[str, float]:
+        return {"samples": self.samples, "seconds": self.seconds,
+                "observer_bytes": sum(o.nbytes for o in self.observers.values())}  # fmt: skip
+
+
+class _Progress:
+    """A progress bar on stderr, when stderr is a terminal and tqdm is installed."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.bar: Any = None
+        if enabled and sys.stderr.isatty():
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, desc="calibrate", unit="sample", file=sys.stderr, leave=False)
+            except ImportError:
+                self.bar = None
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@register_pass
+@dataclass(frozen=True, slots=True)
+class Calibrate:
+    name: ClassVar[str] = "calibrate"
+
+    data: Any = None
+    """Calibration data: iterable of dicts/tuples/arrays, a torch DataLoader, or an .npz path."""
+    sampling_size: int = 100
+    percentile: float = 99.999
+    progress: bool = True
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        if not observed_values(graph):
+            ctx.notes.append("calibrate: no activation is quantized; nothing to observe")
+            return PassResult(False)
+        calibrator = Calibrator(graph, percentile=self.percentile)
+        bar = _Progress(self.sampling_size, self.progress)
+        try:
+            for feed in feeds(self.data, graph, sampling_size=self.sampling_size):
+                before = calibrator.samples
+                calibrator.observe(feed)
+                bar.update(calibrator.samples - before)
+        finally:
+            bar.close()
+        ctx.data[RANGES_KEY] = calibrator.ranges()
+        ctx.data["calibration"] = calibrator.stats()
+        return PassResult(True)

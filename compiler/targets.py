@@ -1,0 +1,52 @@
+"""What each target can run in low precision, in the shape the annotate pass reads.
+
+The facts live in each backend's capability table; this module only adapts them, so annotate stays
+target-independent.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from quantir.compiler.qparams import Convention
+from quantir.ir import ConfigError
+
+__all__ = ["TargetCaps", "UnitKind", "target"]
+
+
+class UnitKind(enum.Enum):
+    COMPUTE = "compute"
+    """Runs as an integer kernel when its inputs (and output) are quantized: Conv, MatMul, Add..."""
+    TRANSPARENT = "drop"
+    """Moves int8 data: output shares the input's quantization (Reshape, MaxPool...)."""
+    ABSORBED = "absorbed"
+    """Folded into the preceding unit's output quantization (Relu, Clip)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TargetCaps:
+    name: str
+    runtime: str
+    """The runtime's name as users know it, for reasons ("ONNX Runtime")."""
+    convention: Convention
+    units: Mapping[str, UnitKind]
+    float_reasons: Mapping[str, str] = field(default_factory=dict)
+    """Why specific op types stay float on this target (shown in reports)."""
+    weight_inputs_only: frozenset[str] = frozenset()
+    """Compute ops quantized only when their weight is a constant (e.g. activation x activation MatMul is not)."""
+
+    def float_reason(self, op_type: str) -> str:
+        return self.float_reasons.get(op_type, f"{op_type} has no integer kernel in {self.runtime}")
+
+
+def target(name: str) -> TargetCaps:
+    """The capabilities of a backend by name (`onnx_qdq`, ...)."""
+    key = name.replace("-", "_")
+    if key == "onnx_qdq":
+        from quantir.backends.onnx_qdq.capabilities import CAPABILITIES
+
+        units = {op: UnitKind(cap.kind.value) for op, cap in CAPABILITIES.items()}
+        return TargetCaps("onnx_qdq", "ONNX Runtime", Convention.ORT, units)
+    raise ConfigError(f"unknown backend {name!r}; expected one of onnx_qdq")

@@ -1,0 +1,96 @@
+"""The meaning of a `QuantType` as array math: `quantize`, `dequantize`, `fake_quantize` (numpy only).
+
+It lives in the IR layer so that the compiler (calibration, passes) and the backends (weight payloads) share the one
+implementation; `quantir.compiler.qparams` re-exports these functions next to the scale conventions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from quantir.ir.dtypes import DType
+from quantir.ir.errors import PassError
+from quantir.ir.printer import MiniFloat, minifloat
+from quantir.ir.types import Granularity, GranularityKind, QuantType
+
+__all__ = ["dequantize", "fake_quantize", "quantize"]
+
+
+def _expand(param: np.ndarray, g: Granularity, shape: tuple[int, ...]) -> np.ndarray:
+    """Broadcast a scale or zero point of granularity `g` against a tensor of `shape`."""
+    if g.kind is GranularityKind.PER_TENSOR:
+        if param.size != 1:
+            raise PassError(f"per_tensor type has {param.size} scales")
+        return param.reshape(())
+    assert g.axis is not None
+    if not -len(shape) <= g.axis < len(shape):
+        raise PassError(f"axis {g.axis} is out of range for a tensor of shape {shape}")
+    axis = g.axis % len(shape)
+    if g.kind is GranularityKind.PER_CHANNEL:
+        if param.shape != (shape[axis],):
+            raise PassError(f"per_channel({g.axis}) needs {shape[axis]} scales, found shape {param.shape}")
+        return param.reshape([-1 if i == axis else 1 for i in range(len(shape))])
+    assert g.group_size is not None
+    blocked = tuple(-(-d // g.group_size) if i == axis else d for i, d in enumerate(shape))
+    if param.shape != blocked:
+        raise PassError(f"per_group({g.axis}, {g.group_size}) needs scales of shape {blocked}, found {param.shape}")
+    return np.repeat(param, g.group_size, axis=axis).take(range(shape[axis]), axis=axis)
+
+
+def _codec(dtype: DType) -> MiniFloat:
+    codec = minifloat(dtype)
+    if codec is None:
+        raise PassError(f"{dtype} is not a float storage type with integer codes")
+    return codec
+
+
+def _encode_minifloat(x: np.ndarray, dtype: DType) -> np.ndarray:
+    """Saturating round-to-nearest-even cast of float32 `x` to the codes of a small float format.
+
+    The positive codes of a sign-magnitude format are ordered by value, so rounding is a search in that grid; a tie
+    goes to the even code, which is the even mantissa.
+    """
+    codec = _codec(dtype)
+    half = 1 << (dtype.bits - 1)
+    magnitudes = codec.values[:half].astype(np.float64)
+    grid = magnitudes[: int(np.argmin(np.isfinite(magnitudes))) or half]  # finite codes are a prefix
+    a = np.minimum(np.abs(x.astype(np.float64)), grid[-1])  # saturate to the largest finite value
+    hi = np.clip(np.searchsorted(grid, a, side="left"), 0, grid.size - 1)
+    lo = np.maximum(hi - 1, 0)
+    d_lo, d_hi = a - grid[lo], grid[hi] - a
+    code = np.where((d_hi < d_lo) | ((d_hi == d_lo) & (hi % 2 == 0)), hi, lo)
+    negative = np.signbit(x)
+    if np.isnan(codec.values[half]):  # "fnuz" formats have no negative zero: code `half` is their NaN
+        negative &= code != 0
+    code = np.where(negative, code | half, code)
+    if codec.nan_code is not None:
+        code = np.where(np.isnan(x), codec.nan_code, code)
+    return code.astype(dtype.storage)
+
+
+def quantize(x: npt.ArrayLike, qtype: QuantType) -> np.ndarray:
+    """round_half_even(x / s) + zp, clipped to [qmin, qmax], in the storage dtype (FP8: saturating cast, raw bits)."""
+    xf = np.asarray(x, dtype=np.float32)
+    scale = _expand(qtype.scale, qtype.granularity, xf.shape)
+    if qtype.dtype.is_float:
+        return _encode_minifloat(np.asarray(xf / scale, dtype=np.float32), qtype.dtype)
+    zp = _expand(qtype.zero_point, qtype.granularity, xf.shape)
+    wide = np.float64 if qtype.dtype.bits > 16 else np.float32  # int32 bias needs float64, as ORT does
+    q = np.rint(xf.astype(wide) / scale.astype(wide)) + zp
+    return np.clip(q, qtype.qmin, qtype.qmax).astype(qtype.dtype.storage)
+
+
+def dequantize(q: npt.ArrayLike, qtype: QuantType) -> np.ndarray:
+    """(q - zp) · s as float32; FP8 `q` holds the raw bits that `quantize` returned."""
+    qa = np.asarray(q)
+    scale = _expand(qtype.scale, qtype.granularity, qa.shape)
+    if qtype.dtype.is_float:
+        return (_codec(qtype.dtype).values[qa.astype(np.int64)] * scale).astype(np.float32)
+    zp = _expand(qtype.zero_point, qtype.granularity, qa.shape)
+    return ((qa.astype(np.float64) - zp) * scale).astype(np.float32)
+
+
+def fake_quantize(x: npt.ArrayLike, qtype: QuantType) -> np.ndarray:
+    """What consumers of a quantized value see: dequantize(quantize(x))."""
+    return dequantize(quantize(x, qtype), qtype)

@@ -1,0 +1,410 @@
+"""Benchmark quantir against ONNX Runtime's `quantize_static` on the digits CNN and all-MiniLM-L6-v2, on the same
+calibration data: conversion time and peak RSS (each conversion in its own process), accuracy, latency, int8 coverage.
+
+Run `python -m quantir.tools.bench [--models digits,minilm] [--calib-factor N] [--out results.json]` or
+`quantir bench`. A benchmark, not a test: it asserts nothing about time. The method is printed with the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quantir.ir import ConfigError
+
+__all__ = ["add_arguments", "main"]
+
+MODELS = ("digits", "minilm")
+TOOLS = ("ort", "quantir")
+HEAVY_OPS = ("Conv", "MatMul", "Gemm")
+INT8_KERNELS = ("QLinearConv", "QLinearMatMul", "QGemm", "MatMulIntegerToFloat", "ConvInteger", "MatMulInteger")
+DIGITS_BATCH, MINILM_BATCH, MINILM_SEQ = 32, 16, 128
+LATENCY_RUNS = {"digits": {1: 300, 32: 100}, "minilm": {1: 50, 32: 10}}
+METHOD = f"""\
+Method. Each conversion runs in its own child process. `conv s`: wall time of the conversion call(s) in the child
+(model import, calibration, emission, save; library imports excluded); `process s`: the whole child, interpreter
+start and imports included; `peak MB`: the child's VmHWM. `xFP32 pass`: conv s over one FP32 ORT pass over the same
+calibration batches (the physical floor, its own child, after one warm-up batch).
+ORT: `quant_pre_process` (its documented pre-processing: shape inference, basic optimizations, BN folding; its
+symbolic shape inference fails on the exporter's Constant(value_ints) nodes, so it is retried with
+skip_symbolic_shape=True) then `quantize_static(QDQ, per_channel=True, MinMax, QUInt8 activations, QInt8 weights)`;
+conv s includes the pre-processing. ORT 1.32's signature default is QInt8 activations; QUInt8/QInt8 is its
+documented x86 recommendation and quantir's default. quantir: `quantize(path, StaticQuantConfig(
+calibration_sampling_size=<samples>), batches).save(dir)`, everything else default.
+Calibration: digits 256 images in batches of {DIGITS_BATCH}; MiniLM the first 100 sentences in batches of
+{MINILM_BATCH}, each padded to its longest; `peak MB x<N> calib` repeats the calibration set N times.
+Latency: median of ORT CPU runs (default threads, 3 warm-ups), {LATENCY_RUNS} runs by model and batch size,
+taken in 5 rounds in which FP32 and the quantized models take turns; MiniLM pads every sentence to {MINILM_SEQ}
+tokens.
+int8 heavy ops: fused integer kernels ({", ".join(INT8_KERNELS)}) in ORT's ENABLE_EXTENDED-optimized model over
+Conv/MatMul/Gemm in the FP32 model; Q/DQ left: QuantizeLinear/DequantizeLinear nodes left after that optimization.
+Accuracy: digits top-1 on the 597 held-out images; MiniLM mean cosine of sentence embeddings vs FP32 over the
+held-out sentences (lines 101+ of tools/data/sentences.txt)."""
+
+
+# ---- workloads: the same data for every tool, rebuilt identically in each child -----------------------------------
+
+
+def _source_model(name: str) -> Path:
+    if name == "digits":
+        from quantir.tools.digits import bundled_model_path
+
+        return bundled_model_path()
+    from quantir.tools.minilm import export_minilm
+
+    return export_minilm()
+
+
+def _calib_batches(name: str, factor: int = 1) -> tuple[Callable[[], Iterator[dict[str, np.ndarray]]], int]:
+    """A factory of calibration batch streams (nothing is buffered) and the number of samples it yields."""
+    if name == "digits":
+        from quantir.tools.digits import load_digits_split
+
+        x = load_digits_split().calib_x
+
+        def digits() -> Iterator[dict[str, np.ndarray]]:
+            for _ in range(factor):
+                for i in range(0, len(x), DIGITS_BATCH):
+                    yield {"x": x[i : i + DIGITS_BATCH]}
+
+        return digits, len(x) * factor
+    from quantir.tools.minilm import CALIBRATION_COUNT, load_sentences, tokenize
+
+    sentences = load_sentences()[:CALIBRATION_COUNT] * factor
+
+    def minilm() -> Iterator[dict[str, np.ndarray]]:
+        for i in range(0, len(sentences), MINILM_BATCH):
+            yield tokenize(sentences[i : i + MINILM_BATCH], MINILM_SEQ)
+
+    return minilm, len(sentences)
+
+
+# ---- the child process: one conversion (or the FP32 floor), measured in isolation -----------------------------------
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak RSS. VmHWM belongs to the current address space; ru_maxrss can carry the parent's RSS
+    across fork+exec on Linux, so it is only the fallback."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _child(spec: dict[str, Any]) -> dict[str, Any]:
+    tool, src, out_dir = spec["tool"], spec["source"], Path(spec["out_dir"])
+    stream, samples = _calib_batches(spec["model"], spec["factor"])
+    result: dict[str, Any] = {"samples": samples}
+    if tool == "fp32":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
+        session.run(None, next(stream()))  # warm-up: the floor is the steady-state pass
+        start = time.perf_counter()
+        for feed in stream():
+            session.run(None, feed)
+    elif tool == "ort":
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        class Reader(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime ships no type information
+            def __init__(self) -> None:
+                self.it = stream()
+
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                return next(self.it, None)
+
+        pre = out_dir / "preprocessed.onnx"
+        start = time.perf_counter()
+        try:
+            quant_pre_process(src, pre)
+        except Exception as e:  # ORT's symbolic shape inference cannot read Constant(value_ints) nodes
+            result["preprocess_note"] = f"retried with skip_symbolic_shape=True after {type(e).__name__}: {e}"
+            start = time.perf_counter()  # time the run a user would make, not the failed attempt
+            quant_pre_process(src, pre, skip_symbolic_shape=True)
+        result["preprocess_s"] = time.perf_counter() - start
+        quantize_static(
+            pre, out_dir / "model.onnx", Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+        )  # fmt: skip
+    else:
+        from quantir.compiler.api import quantize
+        from quantir.compiler.config import StaticQuantConfig
+
+        start = time.perf_counter()
+        quantized = quantize(src, StaticQuantConfig(calibration_sampling_size=samples), stream())
+        quantized.save(out_dir / "artifact")
+        result["seconds"] = time.perf_counter() - start
+        (out_dir / "report.txt").write_text(str(quantized.report()))
+    result.setdefault("seconds", time.perf_counter() - start)
+    result["peak_rss_mb"] = _peak_rss_mb()
+    result["model"] = {"fp32": src, "ort": str(out_dir / "model.onnx")}.get(
+        tool, str(out_dir / "artifact" / "model.onnx")
+    )
+    return result
+
+
+def _run_child(model: str, tool: str, source: Path, out_dir: Path, factor: int = 1) -> dict[str, Any]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec = {"model": model, "tool": tool, "source": str(source), "out_dir": str(out_dir), "factor": factor}
+    result_path, log_path = out_dir / "result.json", out_dir / "child.log"
+    started = time.perf_counter()
+    with log_path.open("w") as log:
+        proc = subprocess.run(
+            [sys.executable, "-m", "quantir.tools.bench", "--child", json.dumps(spec), "--out", str(result_path)],
+            stdout=log, stderr=subprocess.STDOUT, check=False,
+        )  # fmt: skip
+    if proc.returncode != 0 or not result_path.exists():
+        lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
+        return {"error": " | ".join(lines[-3:])[-600:] or f"exit code {proc.returncode}"}
+    return {**json.loads(result_path.read_text()), "process_s": time.perf_counter() - started}
+
+
+# ---- measurements in the parent -------------------------------------------------------------------------------------
+
+
+def _session(path: str | Path, **options: Any) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    for key, value in options.items():
+        setattr(so, key, value)
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _latency_feeds(name: str) -> dict[int, dict[str, np.ndarray]]:
+    if name == "digits":
+        from quantir.tools.digits import load_digits_split
+
+        x = load_digits_split().test_x
+        return {1: {"x": x[:1]}, 32: {"x": x[:32]}}
+    from quantir.tools.minilm import CALIBRATION_COUNT, load_sentences, tokenize
+
+    held = load_sentences()[CALIBRATION_COUNT:]
+    return {b: tokenize(held[:b], MINILM_SEQ, fixed_length=True) for b in (1, 32)}
+
+
+def _latency_ms(sessions: dict[str, Any], name: str, rounds: int = 5) -> dict[str, dict[int, float]]:
+    """Median latency per session and batch size. The sessions take turns in `rounds` rounds, so load that comes
+    and goes on a shared machine lands on every model alike instead of on whichever ran at that moment."""
+    feeds = _latency_feeds(name)
+    times: dict[str, dict[int, list[float]]] = {tool: {b: [] for b in feeds} for tool in sessions}
+    for session in sessions.values():
+        for feed in feeds.values():
+            for _ in range(3):
+                session.run(None, feed)
+    for _ in range(rounds):
+        for tool, session in sessions.items():
+            for batch, feed in feeds.items():
+                for _ in range(max(1, LATENCY_RUNS[name][batch] // rounds)):
+                    start = time.perf_counter()
+                    session.run(None, feed)
+                    times[tool][batch].append(time.perf_counter() - start)
+    return {tool: {b: float(np.median(t) * 1e3) for b, t in by_batch.items()} for tool, by_batch in times.items()}
+
+
+def _evaluate(name: str, session: Any, reference: np.ndarray | None) -> tuple[float, np.ndarray]:
+    """(accuracy, raw outputs): digits top-1 in percent; MiniLM mean cosine vs `reference` (FP32 embeddings)."""
+    if name == "digits":
+        from quantir.tools.digits import load_digits_split
+
+        split = load_digits_split()
+        logits = session.run(None, {"x": split.test_x})[0]
+        return float((logits.argmax(axis=1) == split.test_y).mean() * 100), logits
+    from quantir.tools.minilm import CALIBRATION_COUNT, embed, load_sentences, mean_cosine
+
+    emb = embed(session, load_sentences()[CALIBRATION_COUNT:], batch_size=MINILM_BATCH)
+    return (1.0 if reference is None else mean_cosine(emb, reference)), emb
+
+
+def _op_counts(path: str | Path) -> Counter[str]:
+    import onnx
+
+    return Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
+
+
+def _coverage(fp32: Path, quantized: str, tmp: Path) -> dict[str, int]:
+    import onnxruntime as ort
+
+    optimized = tmp / "ort_optimized.onnx"
+    level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    _session(quantized, graph_optimization_level=level, optimized_model_filepath=str(optimized))
+    ops, heavy = _op_counts(optimized), _op_counts(fp32)
+    return {
+        "int8_kernels": sum(ops[k] for k in INT8_KERNELS),
+        "heavy_ops": sum(heavy[k] for k in HEAVY_OPS),
+        "quantize_left": ops["QuantizeLinear"],
+        "dequantize_left": ops["DequantizeLinear"],
+    }
+
+
+def _quantir_verify(artifact: Path, inputs: dict[str, np.ndarray], fp32: Path) -> dict[str, Any]:
+    """quantir's own check (`verify_onnx_qdq`): fused-kernel coverage of the nodes it quantized, fused vs unfused."""
+    try:
+        from quantir.backends.onnx_qdq.verify import verify_onnx_qdq
+
+        report = verify_onnx_qdq(artifact, inputs, float_model=fp32)
+    except Exception as e:  # reported, never fatal: `_coverage` is the measure common to both tools
+        return {"error": f"{type(e).__name__}: {e}"}
+    (artifact.parent / "verify.txt").write_text(report.format())
+    return {
+        "coverage": report.coverage, "kernels": report.kernels, "leftover": report.leftover, "ok": report.ok,
+        "disagreements": report.disagreements, "missed": [r.name for r in report.missed],
+    }  # fmt: skip
+
+
+def _bench_model(name: str, tools: Sequence[str], factor: int, work: Path) -> dict[str, Any]:
+    source = _source_model(name)
+    floor = _run_child(name, "fp32", source, work / name / "fp32")
+    sessions = {"fp32": _session(source)}
+    fp32_acc, reference = _evaluate(name, sessions["fp32"], None)
+    rows: dict[str, Any] = {"fp32": {**floor, "accuracy": fp32_acc}}
+    for tool in tools:
+        print(f"[bench] {name}: converting with {tool}", file=sys.stderr, flush=True)
+        row = rows[tool] = _run_child(name, tool, source, work / name / tool)
+        if "error" not in row:
+            sessions[tool] = _session(row["model"])
+            row["accuracy"] = _evaluate(name, sessions[tool], reference)[0]
+            row["coverage"] = _coverage(source, row["model"], work / name / tool)
+            if tool == "quantir":
+                row["quantir_verify"] = _quantir_verify(Path(row["model"]).parent, _latency_feeds(name)[32], source)
+        if factor > 1:
+            big = _run_child(name, tool, source, work / name / f"{tool}_x{factor}", factor=factor)
+            row[f"x{factor}"] = {k: big[k] for k in ("seconds", "peak_rss_mb", "samples", "error") if k in big}
+    print(f"[bench] {name}: latency", file=sys.stderr, flush=True)
+    for tool, latency in _latency_ms(sessions, name).items():
+        rows[tool]["latency_ms"] = latency
+    return rows
+
+
+# ---- report ---------------------------------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _table(results: dict[str, Any], factor: int) -> str:
+    head = (
+        f"| model | tool | conv s | process s | xFP32 pass | peak MB | peak MB x{factor} calib | accuracy "
+        "| b1 ms (xFP32) | b32 ms (xFP32) | int8 heavy ops | Q/DQ left |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for model, rows in results["models"].items():
+        base = rows["fp32"]
+        for tool, row in rows.items():
+            label = {"fp32": "FP32 (calib pass)", "ort": "ORT quantize_static", "quantir": "quantir"}[tool]
+            if "error" in row:
+                lines.append(f"| {model} | {label} | FAILED: {row['error'].replace('|', '/')} |" + " |" * 9)
+                continue
+            acc = f"{row['accuracy']:.2f}%" if model == "digits" else f"cos {row['accuracy']:.4f}"
+            lat = {b: row["latency_ms"][b] for b in (1, 32)} if "latency_ms" in row else {}
+            cells = [model, label, _fmt(row["seconds"], ".3f"), _fmt(row.get("process_s"), ".2f")]
+            cells.append(_fmt(row["seconds"] / base["seconds"] if "seconds" in base else None, ".0f"))
+            big = row.get(f"x{factor}", {})
+            big_cell = big.get("error", "")[:60] or _fmt(big.get("peak_rss_mb"), ".0f")
+            cells += [_fmt(row["peak_rss_mb"], ".0f"), big_cell if tool != "fp32" else "-", acc]
+            for b in (1, 32):
+                ratio = lat[b] / base["latency_ms"][b]
+                cells.append(f"{lat[b]:.3g} ({ratio:.2f}x)" if tool != "fp32" else f"{lat[b]:.3g}")
+            cov = row.get("coverage")
+            cells.append(f"{cov['int8_kernels']}/{cov['heavy_ops']}" if cov else "-")
+            cells.append(f"{cov['quantize_left']} Q + {cov['dequantize_left']} DQ" if cov else "-")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _ratios(results: dict[str, Any]) -> dict[str, dict[str, float]]:
+    pairs = {model: (rows.get("quantir", {}), rows.get("ort", {})) for model, rows in results["models"].items()}
+    return {
+        model: {"conversion_s": q["seconds"] / o["seconds"], "peak_rss": q["peak_rss_mb"] / o["peak_rss_mb"]}
+        for model, (q, o) in pairs.items()
+        if "seconds" in q and "seconds" in o
+    }
+
+
+def _environment() -> dict[str, Any]:
+    from importlib import metadata
+
+    versions = {}
+    for package in ("onnxruntime", "onnx", "numpy", "torch", "transformers"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return {"cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(), **versions}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: digits, minilm (default both)")
+    parser.add_argument("--tools", default=",".join(TOOLS), help="comma-separated: ort, quantir (default both)")
+    parser.add_argument("--calib-factor", type=int, default=4, help="repeat the calibration set N times (peak RSS)")
+    parser.add_argument("--out", help="write the results as JSON to this file")
+    parser.add_argument("--workdir", help="keep the quantized models here (default: a temporary directory)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: one measured conversion (JSON spec)
+
+
+def _split(value: str, allowed: Sequence[str], what: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [v for v in items if v not in allowed]
+    if unknown or not items:
+        raise ConfigError(f"bench: unknown {what} {unknown or value!r}; choose from {', '.join(allowed)}")
+    return items
+
+
+def main(argv_or_args: Sequence[str] | argparse.Namespace | None = None) -> int:
+    """Run the benchmark; `argv_or_args` is a command line (None: sys.argv) or the namespace `quantir bench` parsed."""
+    parser = argparse.ArgumentParser(prog="python -m quantir.tools.bench", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    own = not isinstance(argv_or_args, argparse.Namespace)
+    args = argv_or_args if isinstance(argv_or_args, argparse.Namespace) else parser.parse_args(argv_or_args)
+    if args.child:
+        Path(args.out).write_text(json.dumps(_child(json.loads(args.child))))
+        return 0
+    try:
+        models, tools = _split(args.models, MODELS, "model"), _split(args.tools, TOOLS, "tool")
+    except ConfigError as e:
+        if own:
+            parser.error(str(e))
+        raise
+    with tempfile.TemporaryDirectory(prefix="quantir-bench-") as tmp:
+        work = Path(args.workdir or tmp)
+        results: dict[str, Any] = {"environment": _environment(), "calib_factor": args.calib_factor, "models": {}}
+        for name in models:
+            results["models"][name] = _bench_model(name, tools, args.calib_factor, work)
+    results["ratios_quantir_over_ort"] = _ratios(results)
+    print(_table(results, args.calib_factor))
+    for model, r in results["ratios_quantir_over_ort"].items():
+        print(f"{model}: quantir/ORT conversion time {r['conversion_s']:.2f}x, peak RSS {r['peak_rss']:.2f}x")
+    print("\n" + METHOD)
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2, default=str))
+        print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
