@@ -13,7 +13,7 @@ import numpy as np
 from quantir.compiler.calib_data import feeds, validate_batch
 from quantir.compiler.config import StaticQuantConfig
 from quantir.compiler.pass_manager import Pass, PassContext, PassManager, PrintMode
-from quantir.compiler.passes import Annotate, Canonicalize, ComputeQParams, EliminateDeadCode
+from quantir.compiler.passes import Annotate, Canonicalize, ComputeQParams, EliminateDeadCode, FoldConstants
 from quantir.compiler.passes.calibrate import RANGES_KEY, Calibrator
 from quantir.compiler.quantized_model import QuantizedModel
 from quantir.compiler.targets import target
@@ -95,7 +95,7 @@ def prepare(
     graph = _load(model)
     ctx = PassContext()
     mode: PrintMode | None = "all" if print_ir_after == "all" else "change" if print_ir_after == "change" else None
-    passes: list[Pass] = [Canonicalize(), EliminateDeadCode(), Annotate(backend=backend, config=cfg)]
+    passes: list[Pass] = [Canonicalize(), FoldConstants(), EliminateDeadCode(), Annotate(backend=backend, config=cfg)]
     PassManager(passes, print_ir_after=mode).run(graph, ctx)
     prepared = PreparedModel(graph, cfg, backend, ctx)
     if example_inputs is not None:

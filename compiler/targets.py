@@ -36,6 +36,8 @@ class TargetCaps:
     """Why specific op types stay float on this target (shown in reports)."""
     weight_inputs_only: frozenset[str] = frozenset()
     """Compute ops quantized only when their weight is a constant (e.g. activation x activation MatMul is not)."""
+    float_output_ok: frozenset[str] = frozenset()
+    """Compute ops that still run as integer kernels without an output quantizer (MatMulIntegerToFloat)."""
 
     def float_reason(self, op_type: str) -> str:
         return self.float_reasons.get(op_type, f"{op_type} has no integer kernel in {self.runtime}")
@@ -48,5 +50,6 @@ def target(name: str) -> TargetCaps:
         from quantir.backends.onnx_qdq.capabilities import CAPABILITIES
 
         units = {op: UnitKind(cap.kind.value) for op, cap in CAPABILITIES.items()}
-        return TargetCaps("onnx_qdq", "ONNX Runtime", Convention.ORT, units)
+        float_out = frozenset(op for op, cap in CAPABILITIES.items() if cap.float_output_kernel)
+        return TargetCaps("onnx_qdq", "ONNX Runtime", Convention.ORT, units, float_output_ok=float_out)
     raise ConfigError(f"unknown backend {name!r}; expected one of onnx_qdq")

@@ -7,5 +7,6 @@ from quantir.compiler.passes.calibrate import Calibrate
 from quantir.compiler.passes.canonicalize import Canonicalize
 from quantir.compiler.passes.compute_qparams import ComputeQParams
 from quantir.compiler.passes.eliminate_dead_code import EliminateDeadCode
+from quantir.compiler.passes.fold_constants import FoldConstants
 
-__all__ = ["Annotate", "Calibrate", "Canonicalize", "ComputeQParams", "EliminateDeadCode"]
+__all__ = ["Annotate", "Calibrate", "Canonicalize", "ComputeQParams", "EliminateDeadCode", "FoldConstants"]

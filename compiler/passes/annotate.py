@@ -24,6 +24,11 @@ __all__ = ["Annotate"]
 
 _FLOAT_TYPES = (DType.F32, DType.F16)
 
+JOIN_OPS = frozenset({"Add", "Mul"})
+"""Elementwise ops quantized only where they connect int8 units (CNN residual blocks), never where they join a
+float stream (a transformer's residual stream through LayerNorm): there an int8 Add only adds Q/DQ pairs and
+per-tensor rounding of the residual."""
+
 
 def _is_float_tensor(v: Value | None) -> bool:
     return v is not None and isinstance(v.type, TensorType) and v.type.dtype in _FLOAT_TYPES
@@ -41,6 +46,29 @@ def _weight_spec(spec: QuantSpec, reduce_range: bool) -> QuantSpec:
     return QuantSpec(spec.dtype, spec.scheme, spec.granularity, spec.observer, qmin, qmax)
 
 
+def _join_connects_int8(node: Node, caps: TargetCaps, wants: dict[Node, bool]) -> bool:
+    for v in node.inputs:
+        if v is None or v.const is not None:
+            continue
+        if not _is_float_tensor(v) or v.producer is None or not wants.get(v.producer, False):
+            return False
+    out = node.outputs[0] if node.outputs else None
+    return out is not None and _read_quantized(out, caps, wants)
+
+
+def _read_quantized(v: Value, caps: TargetCaps, wants: dict[Node, bool], depth: int = 0) -> bool:
+    """Whether a reader of `v` will be quantized: a unit that wants quantization, looking through data movement."""
+    for reader in v.users():
+        if not wants.get(reader, False):
+            continue
+        if caps.units.get(reader.op_type) is not UnitKind.TRANSPARENT:
+            return True
+        out = reader.outputs[0] if reader.outputs else None
+        if depth < 16 and out is not None and _read_quantized(out, caps, wants, depth + 1):
+            return True
+    return False
+
+
 @register_pass
 @dataclass(frozen=True, slots=True)
 class Annotate:
@@ -56,9 +84,17 @@ class Annotate:
         nodes = list(graph.nodes)
         resolved = resolve_op_configs(self.config, [_op_ref(n, i) for i, n in enumerate(nodes)],
                                       known_op_types=set(caps.units))  # fmt: skip
+        wants = {n: caps.units.get(n.op_type) is not None and r.quantize for n, r in zip(nodes, resolved, strict=True)}
+        changed_intent = True
+        while changed_intent:  # intents only turn off, so this reaches a fixpoint
+            changed_intent = False
+            for n in nodes:
+                if n.op_type in JOIN_OPS and wants[n] and not _join_connects_int8(n, caps, wants):
+                    wants[n] = changed_intent = True
+                    wants[n] = False
         changed = False
         for node, res in zip(nodes, resolved, strict=True):
-            quantized, reason = self._annotate(node, res, caps)
+            quantized, reason = self._annotate(node, res, caps, wants)
             record(ctx.data, node, quantized, reason)
             changed |= quantized
         ctx.data["reduce_range"] = self._reduce_range()
@@ -68,7 +104,9 @@ class Annotate:
         rr = self.reduce_range if self.reduce_range is not None else self.config.reduce_range
         return default_reduce_range() if rr is None else rr
 
-    def _annotate(self, node: Node, res: ResolvedOpConfig, caps: TargetCaps) -> tuple[bool, str]:
+    def _annotate(
+        self, node: Node, res: ResolvedOpConfig, caps: TargetCaps, wants: dict[Node, bool]
+    ) -> tuple[bool, str]:
         if node.domain not in ("", "ai.onnx"):
             return False, f"op of domain {node.domain!r} has no integer kernel in {caps.runtime}"
         kind = caps.units.get(node.op_type)
@@ -76,8 +114,11 @@ class Annotate:
             return False, caps.float_reason(node.op_type)
         if not res.quantize:
             return False, res.reason
+        if kind is UnitKind.COMPUTE and node.op_type in JOIN_OPS and not wants.get(node, False):
+            return False, (f"{node.op_type} joins float data (an input not produced by an int8 kernel, or no int8 "
+                           "kernel reads it): int8 here would only add Q/DQ pairs")  # fmt: skip
         if kind is UnitKind.COMPUTE:
-            return self._compute(node, res, caps)
+            return self._compute(node, res, caps, wants)
         data = node.inputs[0] if node.inputs else None
         if data is None or not isinstance(data.quant, QuantSpec) or data.const is not None:
             return False, "its input is not quantized"
@@ -95,7 +136,9 @@ class Annotate:
         self._set(out, act)
         return True, "absorbed into the preceding quantized op's output"
 
-    def _compute(self, node: Node, res: ResolvedOpConfig, caps: TargetCaps) -> tuple[bool, str]:
+    def _compute(
+        self, node: Node, res: ResolvedOpConfig, caps: TargetCaps, wants: dict[Node, bool]
+    ) -> tuple[bool, str]:
         traits = traits_of(node.op_type)
         weights = weight_inputs(node)
         act = res.activation_spec()
@@ -123,8 +166,10 @@ class Annotate:
             return False, "its output is not a float tensor"
         for v, spec in plan:
             self._set(v, spec)
-        self._set(out, act)
-        return True, res.reason
+        if node.op_type not in caps.float_output_ok or _read_quantized(out, caps, wants):
+            self._set(out, act)
+            return True, res.reason
+        return True, f"{res.reason}; output stays float (no quantized reader)"
 
     @staticmethod
     def _set(v: Value, spec: QuantSpec) -> None:

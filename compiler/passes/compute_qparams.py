@@ -11,6 +11,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from quantir.compiler.decisions import record
 from quantir.compiler.pass_manager import PassContext, PassResult, register_pass
 from quantir.compiler.passes.calibrate import RANGES_KEY
 from quantir.compiler.qparams import Convention, bias_qparams, compute_qparams, unify_ranges
@@ -19,6 +20,9 @@ from quantir.ir import GranularityKind, Graph, PassError, QuantSpec, QuantType, 
 __all__ = ["ComputeQParams"]
 
 Range = tuple[np.ndarray, np.ndarray]
+
+UNREPRESENTABLE = 1e30
+"""Ranges reaching this magnitude hold fill constants (e.g. an attention mask's finfo(float32).min), not data."""
 
 
 def _payload_range(v: Value, spec: QuantSpec) -> Range:
@@ -91,6 +95,7 @@ class ComputeQParams:
         if missing:
             raise PassError(f"no calibrated range for {len(missing)} quantized values (first: %{missing[0]}); "
                             "run the calibrate pass before compute-qparams")  # fmt: skip
+        values = self._drop_unrepresentable(graph, values, ranges, ctx)
         groups = _shared_groups(graph)
         members: dict[str, list[str]] = {}
         for v in values:
@@ -110,6 +115,25 @@ class ComputeQParams:
             v.quant = group_type[root] = qtype
         self._quantize_biases(graph)
         return PassResult(bool(values))
+
+    @staticmethod
+    def _drop_unrepresentable(
+        graph: Graph, values: list[Value], ranges: dict[str, Range], ctx: PassContext
+    ) -> list[Value]:
+        """Leave float any activation whose range holds a fill constant: one int8 grid cannot cover it and data."""
+        kept = []
+        for v in values:
+            lo, hi = ranges[v.name]
+            extent = float(max(np.max(np.abs(lo)), np.max(np.abs(hi))))
+            if v.const is not None or extent < UNREPRESENTABLE:
+                kept.append(v)
+                continue
+            v.quant = None
+            reason = (f"%{v.name} reaches {float(np.min(lo)):.3g}..{float(np.max(hi)):.3g} (a fill constant such as an "
+                      "attention mask): int8 cannot represent it, so it stays float")  # fmt: skip
+            for node in [n for n in (v.producer, *v.users()) if n is not None]:
+                record(ctx.data, node, False, reason)
+        return kept
 
     @staticmethod
     def _quantize_biases(graph: Graph) -> None:
