@@ -12,11 +12,14 @@ import numpy as np
 
 from quantir.compiler.calib_data import feeds, validate_batch
 from quantir.compiler.config import StaticQuantConfig
+from quantir.compiler.model_io import load_graph
 from quantir.compiler.pass_manager import Pass, PassContext, PassManager, PrintMode
 from quantir.compiler.passes import Annotate, Canonicalize, ComputeQParams, EliminateDeadCode, FoldConstants
 from quantir.compiler.passes.calibrate import RANGES_KEY, Calibrator
+from quantir.compiler.passes.smooth_quant import CHANNEL_RANGES_KEY, TARGETS_KEY, SmoothQuant, select_smoothing_targets
 from quantir.compiler.quantized_model import QuantizedModel
 from quantir.compiler.targets import target
+from quantir.frontends.onnx import import_onnx
 from quantir.ir import ConfigError, Graph, QuantirError
 from quantir.ir.clone import clone_graph
 
@@ -27,12 +30,8 @@ def _load(model: Any) -> Graph:
     if isinstance(model, Graph):
         return clone_graph(model)[0]
     if isinstance(model, (str, os.PathLike)):
-        from quantir.compiler.model_io import load_graph
-
         return load_graph(model)
     if type(model).__name__ == "ModelProto":
-        from quantir.frontends.onnx import import_onnx
-
         return import_onnx(model)
     if hasattr(model, "forward") and hasattr(model, "state_dict"):
         raise QuantirError("torch.nn.Module input needs the torch frontend, which is not available yet; export the "
@@ -53,7 +52,9 @@ class PreparedModel:
     @property
     def calibrator(self) -> Calibrator:
         if self._calibrator is None:
-            self._calibrator = Calibrator(self.graph, percentile=self.config.percentile)
+            targets = self.ctx.data.get(TARGETS_KEY, {})
+            assert isinstance(targets, dict)
+            self._calibrator = Calibrator(self.graph, percentile=self.config.percentile, per_channel=list(targets))
         return self._calibrator
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -97,6 +98,8 @@ def prepare(
     mode: PrintMode | None = "all" if print_ir_after == "all" else "change" if print_ir_after == "change" else None
     passes: list[Pass] = [Canonicalize(), FoldConstants(), EliminateDeadCode(), Annotate(backend=backend, config=cfg)]
     PassManager(passes, print_ir_after=mode).run(graph, ctx)
+    if cfg.smooth_quant:
+        ctx.data[TARGETS_KEY] = select_smoothing_targets(graph)
     prepared = PreparedModel(graph, cfg, backend, ctx)
     if example_inputs is not None:
         validate_batch(example_inputs, graph)
@@ -111,7 +114,11 @@ def convert(prepared: PreparedModel) -> QuantizedModel:
     ctx.data[RANGES_KEY] = prepared.calibrator.ranges()
     ctx.data["calibration"] = prepared.calibrator.stats()
     caps = target(prepared.backend)
-    PassManager([ComputeQParams(convention=caps.convention.name.lower())]).run(prepared.graph, ctx)
+    passes: list[Pass] = [ComputeQParams(convention=caps.convention.name.lower())]
+    if prepared.config.smooth_quant:
+        ctx.data[CHANNEL_RANGES_KEY] = prepared.calibrator.channel_ranges()
+        passes.insert(0, SmoothQuant(alpha=prepared.config.smooth_quant_alpha))
+    PassManager(passes).run(prepared.graph, ctx)
     return QuantizedModel(prepared.graph, prepared.backend, prepared.config, ctx)
 
 

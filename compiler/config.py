@@ -101,6 +101,8 @@ _STATIC_CHECKS: dict[str, _Check] = {
     "act_dtype": _DTYPE, "act_sym": _BOOL, "act_granularity": _one_of(*_GRANULARITIES),
     "act_algo": _one_of(*_ACT_ALGOS), "excluded_precisions": _list_of("bf16", "fp16"), "reduce_range": _OPTIONAL_BOOL,
     "percentile": _PERCENT, "calibration_sampling_size": _int_at_least(1), "op_name_dict": _DICT, "op_type_dict": _DICT,
+    "smooth_quant": _BOOL, "smooth_quant_alpha": _Check(
+        "a number in [0, 1]", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1),
 }  # fmt: skip
 
 
@@ -242,6 +244,10 @@ class StaticQuantConfig:
     calibration_sampling_size: int = 100
     op_name_dict: dict[str, Any] = field(default_factory=dict)
     op_type_dict: dict[str, Any] = field(default_factory=dict)
+    smooth_quant: bool = False
+    """SmoothQuant (INC's `smooth_quant` recipe): move activation outliers into the weights of MatMul/Gemm."""
+    smooth_quant_alpha: float = 0.5
+    """Migration strength: s = max|X|^alpha / max|W|^(1-alpha) per input channel (INC's default 0.5)."""
     _local: dict[LocalKey, StaticQuantConfig] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:

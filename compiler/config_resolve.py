@@ -264,7 +264,11 @@ def resolve_op_configs(
     for rules that match no op, with the nearest names."""
     cfg.validate()
     ops = list(ops)
-    vocab = onnx_op_types() | TORCH_MODULE_TYPES | _model_types(ops) | set(known_op_types or ())
+    has_rules = bool(cfg.local_config or cfg.op_name_dict or cfg.op_type_dict)
+    # The op-type vocabulary only classifies rule keys; loading every ONNX schema is skipped when there are none.
+    vocab = (
+        (onnx_op_types() | TORCH_MODULE_TYPES | _model_types(ops) | set(known_op_types or ())) if has_rules else set()
+    )
     rules = _build_rules(cfg, ops, vocab)
     used = [False] * len(rules)
     decisions: dict[tuple[int, ...], _Decision] = {}

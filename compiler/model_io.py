@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from quantir.backends.onnx_proto import save_model
+from quantir.frontends.onnx import import_onnx
 from quantir.ir import Graph, QuantirError, textio
 
 __all__ = ["export_onnx", "load_graph"]
@@ -26,14 +28,10 @@ def load_graph(path: str | os.PathLike[str]) -> Graph:
     if suffix == ".qir":
         return textio.load(p)
     if suffix == ".onnx":
-        from quantir.frontends.onnx import import_onnx
-
         return import_onnx(p)
     raise QuantirError(f"{p}: unknown model format {suffix or '(no suffix)'!r}; expected one of {', '.join(_SUFFIXES)}")
 
 
 def export_onnx(graph: Graph, path: str | os.PathLike[str]) -> None:
     """Write `graph` as a float ONNX model (external data for large weights), atomically."""
-    from quantir.backends.onnx_proto import save_model
-
     save_model(graph, path)

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from quantir.backends.onnx_qdq.emit import emit
+from quantir.backends.onnx_qdq.legalize import legalize_for_onnx_qdq
 from quantir.compiler.calib_data import validate_batch
 from quantir.compiler.config import StaticQuantConfig
 from quantir.compiler.decisions import OpDecision, decisions_of
@@ -70,8 +72,6 @@ class QuantizedModel:
     def legalized(self, backend: str | None = None) -> Legalized:
         key = _backend_key(backend or self.backend)
         if key not in self._legal:
-            from quantir.backends.onnx_qdq.legalize import legalize_for_onnx_qdq
-
             graph = clone_graph(self.ir)[0]
             report = legalize_for_onnx_qdq(graph)
             decisions = _merge(decisions_of(self.ctx.data, self.ir), report.nodes)
@@ -94,8 +94,6 @@ class QuantizedModel:
     def save(self, path: str | os.PathLike[str], backend: str | None = None) -> Path:
         """Write the artifact for `backend` (default: the one prepared for) into the folder `path`, atomically."""
         legal = self.legalized(backend)
-        from quantir.backends.onnx_qdq.emit import emit
-
         return emit(legal.graph, path, manifest=self.manifest(legal.backend))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

@@ -6,23 +6,15 @@ target-independent.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from quantir.backends.onnx_qdq.capabilities import CAPABILITIES
 from quantir.compiler.qparams import Convention
 from quantir.ir import ConfigError
+from quantir.ir.traits import UnitKind
 
 __all__ = ["TargetCaps", "UnitKind", "target"]
-
-
-class UnitKind(enum.Enum):
-    COMPUTE = "compute"
-    """Runs as an integer kernel when its inputs (and output) are quantized: Conv, MatMul, Add..."""
-    TRANSPARENT = "drop"
-    """Moves int8 data: output shares the input's quantization (Reshape, MaxPool...)."""
-    ABSORBED = "absorbed"
-    """Folded into the preceding unit's output quantization (Relu, Clip)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +39,7 @@ def target(name: str) -> TargetCaps:
     """The capabilities of a backend by name (`onnx_qdq`, ...)."""
     key = name.replace("-", "_")
     if key == "onnx_qdq":
-        from quantir.backends.onnx_qdq.capabilities import CAPABILITIES
-
-        units = {op: UnitKind(cap.kind.value) for op, cap in CAPABILITIES.items()}
+        units = {op: cap.kind for op, cap in CAPABILITIES.items()}
         float_out = frozenset(op for op, cap in CAPABILITIES.items() if cap.float_output_kernel)
         return TargetCaps("onnx_qdq", "ONNX Runtime", Convention.ORT, units, float_output_ok=float_out)
     raise ConfigError(f"unknown backend {name!r}; expected one of onnx_qdq")

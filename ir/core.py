@@ -361,6 +361,14 @@ class Graph:
                 if v is not None:
                     yield v
 
+    def fresh_name(self, base: str, *, nodes: bool = False) -> str:
+        """`base`, or `base.1`, `base.2`... : the first not yet taken by a value (or, with `nodes`, a node name)."""
+        taken = {n.name for n in self._nodes} if nodes else {v.name for v in self.values()}
+        candidate, i = base, 1
+        while candidate in taken:
+            candidate, i = f"{base}.{i}", i + 1
+        return candidate
+
     def is_output(self, value: Value) -> bool:
         return any(o is value for o in self.outputs)
 

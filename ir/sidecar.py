@@ -8,15 +8,14 @@ per byte, the layout `ExternalData` promises) as U8 bytes, other unnamed types a
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from quantir.ir.atomic import atomic_binary_file
 from quantir.ir.dtypes import DType
 from quantir.ir.errors import SerializationError
 from quantir.ir.tensor import ExternalData, Tensor
@@ -86,21 +85,11 @@ def write_safetensors(
     target = Path(path)
     entries = _plan(tensors)
     header = _header(entries, metadata or {})
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(len(header).to_bytes(8, "little"))
-            f.write(header)
-            for e in entries:
-                _write_payload(f, e)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except OSError as e:
-        raise SerializationError(f"cannot write {target}: {e}") from e
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    with atomic_binary_file(target) as f:
+        f.write(len(header).to_bytes(8, "little"))
+        f.write(header)
+        for e in entries:
+            _write_payload(f, e)
     start = 8 + len(header)
     where = os.path.abspath(target)
     return {e.name: ExternalData(where, start + e.begin, e.end - e.begin) for e in entries}

@@ -4,11 +4,10 @@ beside it (`model.qir` + `model.safetensors`). Both are written atomically; load
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
 
+from quantir.ir.atomic import atomic_binary_file
 from quantir.ir.core import AttrKind, Graph
 from quantir.ir.errors import SerializationError
 from quantir.ir.parser import parse
@@ -82,15 +81,5 @@ def _backed_by(graph: Graph, sidecar: Path, exclude: dict[str, Tensor]) -> list[
 
 
 def _write_text(target: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except OSError as e:
-        raise SerializationError(f"cannot write {target}: {e}") from e
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    with atomic_binary_file(target) as f:
+        f.write(text.encode("utf-8"))

@@ -4,12 +4,25 @@ scale-transparent, or need shared scales on their inputs. Adding an op is adding
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from quantir.ir.core import Node
 
-__all__ = ["OpTraits", "channel_axis", "traits_of", "weight_inputs"]
+__all__ = ["OpTraits", "UnitKind", "channel_axis", "traits_of", "weight_inputs"]
+
+
+class UnitKind(enum.Enum):
+    """How an op takes part in a quantized region of a target (each backend's capability table uses these)."""
+
+    COMPUTE = "compute"
+    """Runs as an integer kernel when its inputs (and output) are quantized: Conv, MatMul, Add..."""
+    DROP = "drop"
+    """Moves 8-bit data: its output shares its input's quantization (Reshape, MaxPool...)."""
+    ABSORBED = "absorbed"
+    """Folded into the preceding unit's output quantizer (Relu, Clip)."""
+
 
 AxisRule = int | Callable[[Node], int]
 

@@ -27,7 +27,9 @@ from quantir.ir import ConfigError
 __all__ = ["add_arguments", "main"]
 
 MODELS = ("digits", "minilm")
-TOOLS = ("ort", "quantir")
+TOOLS = ("ort", "quantir", "quantir-sq")
+SMOOTH_ALPHA = 0.95
+"""quantir-sq: SmoothQuant with NNCF's published transformer alpha (not tuned on the held-out data)."""
 HEAVY_OPS = ("Conv", "MatMul", "Gemm")
 INT8_KERNELS = ("QLinearConv", "QLinearMatMul", "QGemm", "MatMulIntegerToFloat", "ConvInteger", "MatMulInteger")
 DIGITS_BATCH, MINILM_BATCH, MINILM_SEQ = 32, 16, 128
@@ -155,7 +157,9 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
         from quantir.compiler.config import StaticQuantConfig
 
         start = time.perf_counter()
-        quantized = quantize(src, StaticQuantConfig(calibration_sampling_size=samples), stream())
+        smooth = tool == "quantir-sq"
+        cfg = StaticQuantConfig(calibration_sampling_size=samples, smooth_quant=smooth, smooth_quant_alpha=SMOOTH_ALPHA)
+        quantized = quantize(src, cfg, stream())
         quantized.save(out_dir / "artifact")
         result["seconds"] = time.perf_counter() - start
         (out_dir / "report.txt").write_text(str(quantized.report()))
@@ -289,7 +293,7 @@ def _bench_model(name: str, tools: Sequence[str], factor: int, work: Path) -> di
             sessions[tool] = _session(row["model"])
             row["accuracy"] = _evaluate(name, sessions[tool], reference)[0]
             row["coverage"] = _coverage(source, row["model"], work / name / tool)
-            if tool == "quantir":
+            if tool.startswith("quantir"):
                 row["quantir_verify"] = _quantir_verify(Path(row["model"]).parent, _latency_feeds(name)[32], source)
         if factor > 1:
             big = _run_child(name, tool, source, work / name / f"{tool}_x{factor}", factor=factor)
@@ -316,7 +320,8 @@ def _table(results: dict[str, Any], factor: int) -> str:
     for model, rows in results["models"].items():
         base = rows["fp32"]
         for tool, row in rows.items():
-            label = {"fp32": "FP32 (calib pass)", "ort": "ORT quantize_static", "quantir": "quantir"}[tool]
+            label = {"fp32": "FP32 (calib pass)", "ort": "ORT quantize_static", "quantir": "quantir (default)",
+                     "quantir-sq": f"quantir SmoothQuant a={SMOOTH_ALPHA}"}[tool]  # fmt: skip
             if "error" in row:
                 lines.append(f"| {model} | {label} | FAILED: {row['error'].replace('|', '/')} |" + " |" * 9)
                 continue

@@ -8,7 +8,6 @@ activations, s8 weights with zero point 0, int32 bias at s_x·s_w, Relu/Clip fol
 from __future__ import annotations
 
 import dataclasses
-import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,6 +15,7 @@ import numpy as np
 
 from quantir.ir import DType, GranularityKind, Node, QuantType, TensorType, Value, traits_of
 from quantir.ir.quant_math import quantize
+from quantir.ir.traits import UnitKind
 
 __all__ = [
     "ACTIVATION_DTYPES",
@@ -38,15 +38,6 @@ __all__ = [
     "same_params",
     "weight_problem",
 ]
-
-
-class UnitKind(enum.Enum):
-    COMPUTE = "compute"
-    """DQ inputs -> op -> Q become one integer kernel (QLinearConv, QGemm...)."""
-    DROP = "drop"
-    """DQ -> op -> Q with identical parameters: ORT drops the pair and the op moves 8-bit data."""
-    ABSORBED = "absorbed"
-    """Relu/Clip after a compute unit: removed when the Q after it already clamps the same way."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -136,12 +136,28 @@ class _Lowering:
             self.graph.insert_after(v.producer, qn)
         self.graph.insert_after(qn, dqn)
         for usage in readers:
-            usage.node.set_input(usage.idx, dqv)
+            usage.node.set_input(usage.idx, self._guarded(dqv, usage.node) if usage.idx == 0 else dqv)
         # A graph input that is also a graph output cannot be renamed; that output stays the raw input.
         if self.graph.is_output(v) and v.producer is not None:
             # Neither a fused node nor a DQ may be a graph output: end with Q -> DQ -> output, keeping its name.
             v.name, dqv.name = self.fresh(f"{base}_QuantizeLinear_Input"), base
             self.graph.outputs = [dqv if o is v else o for o in self.graph.outputs]
+
+    def _guarded(self, dqv: Value, reader: Node) -> Value:
+        """The value a float Conv/ConvTranspose/Gemm reads instead of a DQ output.
+
+        ORT's WeightBiasQuantization (level 1) quantizes the float weight of any Conv/ConvTranspose/Gemm whose
+        input 0 comes straight from a per-tensor DequantizeLinear, which would silently run a user's fp32 fallback
+        on ORT-chosen int8 weights. `Max(x, x)` is exact and survives ORT's eliminations (Identity and Cast do not).
+        """
+        weight = reader.inputs[1] if len(reader.inputs) > 1 else None
+        float_weight = weight is not None and weight.const is not None and weight.quant is None
+        if reader.op_type not in _WEIGHT_BIAS_QUANTIZED or reader.domain not in ("", "ai.onnx") or not float_weight:
+            return dqv
+        out = Value(self.fresh(f"{reader.name}_float_input"), dqv.type)
+        guard = Node("Max", [dqv, dqv], [out], name=self.fresh(f"{reader.name}_KeepFloat"))
+        self.graph.insert_before(reader, guard)
+        return out
 
     def _insert_first(self, node: Node) -> None:
         nodes = self.graph.nodes
@@ -150,6 +166,9 @@ class _Lowering:
         else:
             self.graph.append(node)
 
+
+_WEIGHT_BIAS_QUANTIZED = frozenset({"Conv", "ConvTranspose", "Gemm"})
+"""Ops whose float weights ORT itself quantizes when their input comes from a DequantizeLinear."""
 
 _DTYPE_OPSET: dict[DType, int] = {
     **dict.fromkeys((DType.F8E4M3FN, DType.F8E4M3FNUZ, DType.F8E5M2, DType.F8E5M2FNUZ), 19),

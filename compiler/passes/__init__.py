@@ -8,5 +8,14 @@ from quantir.compiler.passes.canonicalize import Canonicalize
 from quantir.compiler.passes.compute_qparams import ComputeQParams
 from quantir.compiler.passes.eliminate_dead_code import EliminateDeadCode
 from quantir.compiler.passes.fold_constants import FoldConstants
+from quantir.compiler.passes.smooth_quant import SmoothQuant
 
-__all__ = ["Annotate", "Calibrate", "Canonicalize", "ComputeQParams", "EliminateDeadCode", "FoldConstants"]
+__all__ = [
+    "Annotate",
+    "Calibrate",
+    "Canonicalize",
+    "ComputeQParams",
+    "EliminateDeadCode",
+    "FoldConstants",
+    "SmoothQuant",
+]

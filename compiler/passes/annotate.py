@@ -17,8 +17,9 @@ from quantir.compiler.decisions import record
 from quantir.compiler.isa import default_reduce_range
 from quantir.compiler.pass_manager import PassContext, PassResult, register_pass
 from quantir.compiler.qparams import quant_range
-from quantir.compiler.targets import TargetCaps, UnitKind, target
+from quantir.compiler.targets import TargetCaps, target
 from quantir.ir import DType, GranularityKind, Graph, Node, QuantSpec, TensorType, Value, traits_of, weight_inputs
+from quantir.ir.traits import UnitKind
 
 __all__ = ["Annotate"]
 
@@ -61,7 +62,7 @@ def _read_quantized(v: Value, caps: TargetCaps, wants: dict[Node, bool], depth: 
     for reader in v.users():
         if not wants.get(reader, False):
             continue
-        if caps.units.get(reader.op_type) is not UnitKind.TRANSPARENT:
+        if caps.units.get(reader.op_type) is not UnitKind.DROP:
             return True
         out = reader.outputs[0] if reader.outputs else None
         if depth < 16 and out is not None and _read_quantized(out, caps, wants, depth + 1):
@@ -125,7 +126,7 @@ class Annotate:
         out = node.outputs[0]
         if out is None or not _is_float_tensor(out):
             return False, "its output is not a float tensor"
-        if kind is UnitKind.TRANSPARENT:
+        if kind is UnitKind.DROP:
             if data.quant.granularity.kind is not GranularityKind.PER_TENSOR:
                 return False, "its input is quantized per channel"
             self._set(out, data.quant)

@@ -10,14 +10,17 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import onnxruntime as ort
 
+from quantir.backends.onnx_proto import save_model
 from quantir.compiler.calib_data import feeds
-from quantir.compiler.observers import Observer, make_observer
+from quantir.compiler.observers import MinMaxObserver, Observer, make_observer
 from quantir.compiler.pass_manager import PassContext, PassResult, register_pass
 from quantir.ir import CalibrationError, Graph, QuantSpec, Scheme, Value
 from quantir.ir.clone import clone_graph
@@ -44,13 +47,13 @@ def _observer(v: Value, percentile: float) -> Observer:
 class Calibrator:
     """An ORT session over the float graph that also returns every observed value, and their observers."""
 
-    def __init__(self, graph: Graph, *, percentile: float = 99.999) -> None:
-        import onnxruntime as ort
-
-        from quantir.backends.onnx_proto import save_model
-
+    def __init__(self, graph: Graph, *, percentile: float = 99.999, per_channel: Iterable[str] = ()) -> None:
+        """`per_channel` names values also observed per channel along their last axis (for SmoothQuant)."""
         values = observed_values(graph)
         self.observers = {v.name: _observer(v, percentile) for v in values}
+        self.channel_observers = {name: MinMaxObserver(-1, name=name) for name in per_channel}
+        by_name = {v.name: v for v in graph.values()}
+        values += [by_name[n] for n in self.channel_observers if n not in self.observers]
         self.samples = 0
         self.seconds = 0.0
         model_graph, vmap = clone_graph(graph)
@@ -66,7 +69,7 @@ class Calibrator:
             path = Path(tmp) / "calibration.onnx"
             save_model(model_graph, path)
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.fetch = list(dict.fromkeys([*self.output_names, *self.observers]))
+        self.fetch = list(dict.fromkeys([*self.output_names, *self.observers, *self.channel_observers]))
 
     def observe(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run one validated batch; update observers; return the model's own outputs."""
@@ -78,6 +81,8 @@ class Calibrator:
         by_name = dict(zip(self.fetch, results, strict=True))
         for name, obs in self.observers.items():
             obs.update(by_name[name])
+        for name, chan in self.channel_observers.items():
+            chan.update(by_name[name])
         first = next(iter(feed.values())) if feed else None
         self.samples += int(first.shape[0]) if first is not None and first.ndim else 1
         self.seconds += time.perf_counter() - t0
@@ -87,6 +92,9 @@ class Calibrator:
         if self.samples == 0:
             raise CalibrationError("the model was never called with calibration data; call it (or pass data) first")
         return {name: obs.range() for name, obs in self.observers.items()}
+
+    def channel_ranges(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        return {name: obs.range() for name, obs in self.channel_observers.items()}
 
     def stats(self) -> dict[str, float]:
         return {"samples": self.samples, "seconds": self.seconds,

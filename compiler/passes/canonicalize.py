@@ -134,20 +134,12 @@ def _replacement(graph: Graph, old: Value, data: np.ndarray) -> Value:
     if len(old.uses()) == 1 and old.name in graph.constants and not graph.is_output(old):
         old.const = tensor
         return old
-    return graph.add_constant(_fresh(graph, old.name + ".folded"), tensor)
+    return graph.add_constant(graph.fresh_name(old.name + ".folded"), tensor)
 
 
 def _new_bias(graph: Graph, weight: Value, data: np.ndarray) -> Value:
     stem = weight.name[: -len(".weight")] if weight.name.endswith(".weight") else weight.name
-    return graph.add_constant(_fresh(graph, stem + ".bias"), Tensor.from_numpy(data, weight.dtype))
-
-
-def _fresh(graph: Graph, name: str) -> str:
-    taken = {v.name for v in graph.values()}
-    candidate, i = name, 1
-    while candidate in taken:
-        candidate, i = f"{name}.{i}", i + 1
-    return candidate
+    return graph.add_constant(graph.fresh_name(stem + ".bias"), Tensor.from_numpy(data, weight.dtype))
 
 
 _RULES: dict[str, Rule] = {

@@ -78,14 +78,6 @@ _EVALUATORS: dict[str, Evaluator] = {
 _FOLDABLE_DTYPES = (DType.F32, DType.F64, DType.F16, DType.I64, DType.I32, DType.I8, DType.U8, DType.BOOL)
 
 
-def _fresh(graph: Graph, name: str) -> str:
-    taken = {v.name for v in graph.values()}
-    candidate, i = name, 1
-    while candidate in taken:
-        candidate, i = f"{name}.{i}", i + 1
-    return candidate
-
-
 @register_pass
 @dataclass(frozen=True, slots=True)
 class FoldConstants:
@@ -124,7 +116,7 @@ class FoldConstants:
             # The parameter in a new layout keeps its name; the old constant is removed once unread.
             name = source.name
             graph.constants.pop(name)
-            source.name = _fresh(graph, name + ".unfolded")
+            source.name = graph.fresh_name(name + ".unfolded")
             graph.constants[source.name] = source
             return graph.add_constant(name, tensor)
-        return graph.add_constant(_fresh(graph, source.name + ".folded"), tensor)
+        return graph.add_constant(graph.fresh_name(source.name + ".folded"), tensor)

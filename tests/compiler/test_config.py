@@ -63,6 +63,7 @@ def test_static_defaults_are_incs() -> None:
         "w_dtype": "int8", "w_sym": True, "w_granularity": "per_channel", "w_algo": "minmax",
         "act_dtype": "uint8", "act_sym": False, "act_granularity": "per_tensor", "act_algo": "minmax",
         "excluded_precisions": [], "reduce_range": None, "percentile": 99.999, "calibration_sampling_size": 100,
+        "smooth_quant": False, "smooth_quant_alpha": 0.5,  # INC's smooth_quant recipe and its default alpha
     }  # fmt: skip
 
 
