@@ -169,6 +169,8 @@ def feeds(
     for index, item in enumerate(source):
         feed = _check(_as_feed(item, specs, index), specs, index)
         rows = next(iter(feed.values())).shape[0] if feed and next(iter(feed.values())).ndim else 1
+        if rows == 0:
+            raise CalibrationError(f"calibration batch {index} has 0 samples (its first axis is empty)")
         if seen + rows > sampling_size and rows > 1:
             take = sampling_size - seen
             feed = {k: v[:take] for k, v in feed.items()}

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, TextIO, TypeVar, cast, runtime_checkable
 
-from quantir.ir import Graph, PassError, QuantirError, textio, verify
+from quantir.ir import CalibrationError, ConfigError, Graph, PassError, QuantirError, textio, verify
 from quantir.ir.printer import print_graph
 
 __all__ = [
@@ -169,6 +169,8 @@ class PassManager:
                     raise PassError(f"pass {p.name!r} returned {type(result).__name__}, not PassResult")
                 if self.verify_each:
                     verify(graph)
+            except (ConfigError, CalibrationError):
+                raise  # the user's input is wrong, not the pass: the error already says what and where
             except Exception as e:
                 raise self._failure(i, e, snapshot) from e
             records.append(PassRecord(p.name, result.changed, time.perf_counter() - t0))

@@ -170,7 +170,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _paragraph(prefix: str, message: str) -> str:
     first, _, rest = message.partition("\n")
-    wrapped = textwrap.fill(f"{prefix}{first}", width=100, subsequent_indent="  ")
+    wrapped = textwrap.fill(
+        f"{prefix}{first}", width=100, subsequent_indent="  ", break_on_hyphens=False, break_long_words=False
+    )
     return wrapped + ("\n" + rest if rest else "")
 
 

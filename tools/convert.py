@@ -55,21 +55,21 @@ def _batches(data: Any, model: QuantizedModel, size: int) -> Iterator[dict[str, 
 
 
 def _float_session(source: Path) -> Any:
+    """An ORT session of the float model (a .qir is emitted to a temporary file, removed once loaded)."""
+    import tempfile
+
     import onnxruntime as ort
 
-    from quantir.backends.onnx_proto import save_model
-    from quantir.compiler.model_io import load_graph
+    from quantir.compiler.model_io import export_onnx, load_graph
 
-    if source.suffix == ".onnx":
-        path = source
-    else:
-        import tempfile
-
-        path = Path(tempfile.mkdtemp(prefix="quantir-float-")) / "float.onnx"
-        save_model(load_graph(source), path)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    if source.suffix == ".onnx":
+        return ort.InferenceSession(str(source), opts, providers=["CPUExecutionProvider"])
+    with tempfile.TemporaryDirectory(prefix="quantir-float-") as tmp:
+        path = Path(tmp) / "float.onnx"
+        export_onnx(load_graph(source), path)
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def run_convert(args: argparse.Namespace) -> int:

@@ -88,7 +88,8 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
-        return not self.disagreements and not self.missed
+        """No disagreement, every quantized unit fused, and no integer kernel on a node the IR left float."""
+        return not self.disagreements and not self.missed and not self.unmatched_kernels
 
     def coverage_text(self) -> str:
         """`100% (2/2 Conv/MatMul/Gemm)`, or `n/a (no quantized Conv/MatMul/Gemm)`."""

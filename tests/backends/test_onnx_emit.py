@@ -237,6 +237,7 @@ def test_untyped_graph_input_and_missing_folder_are_refused(tmp_path: Path) -> N
 
 def test_save_model_streams_with_bounded_memory(tmp_path: Path) -> None:
     import psutil
+
     src = tmp_path / "src.bin"
     with open(src, "wb") as f:  # 256 MiB of weights, held only on disk
         f.truncate(256 << 20)

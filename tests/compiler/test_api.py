@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -66,7 +67,7 @@ def _generator(x: np.ndarray) -> Iterator[np.ndarray]:
     yield from _batches(x)
 
 
-def _forms(x: np.ndarray, y: np.ndarray, tmp: Path) -> dict[str, object]:
+def _forms(x: np.ndarray, y: np.ndarray, tmp: Path) -> dict[str, Any]:
     npz = tmp / "calib.npz"
     np.savez(npz, x=x)
     loader = DataLoader(TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), batch_size=BATCH, shuffle=False)
@@ -122,9 +123,9 @@ def test_calling_the_prepared_model_equals_calibrate(digits: DigitsSplit) -> Non
         np.testing.assert_allclose(out, _float_logits(b), rtol=1e-5, atol=1e-5)  # it runs the float model
     assert called.calibrator.samples == 256
     fed = prepare(str(MODEL)).calibrate(batches, sampling_size=256)
-    a, b = convert(called), convert(fed)
-    assert a.ctx.data["calibration"]["samples"] == b.ctx.data["calibration"]["samples"] == 256
-    _assert_same_scales(_scales(a), _scales(b))
+    by_call, by_calibrate = convert(called), convert(fed)
+    assert by_call.ctx.data["calibration"]["samples"] == by_calibrate.ctx.data["calibration"]["samples"] == 256
+    _assert_same_scales(_scales(by_call), _scales(by_calibrate))
 
 
 def test_prepared_model_accepts_keyword_and_dict_inputs(digits: DigitsSplit) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,10 @@ def test_empty_list(tmp_path: Path) -> None:
 
 
 def test_empty_generator(tmp_path: Path) -> None:
-    _fails(tmp_path, (b for b in []), CalibrationError, "the calibration data is empty")
+    def nothing() -> Iterator[np.ndarray]:
+        yield from ()
+
+    _fails(tmp_path, nothing(), CalibrationError, "the calibration data is empty")
 
 
 def test_empty_dataloader(tmp_path: Path) -> None:
@@ -77,9 +81,8 @@ def test_empty_npz(tmp_path: Path) -> None:
 
 
 def test_batches_with_no_rows(tmp_path: Path) -> None:
-    # A batch of zero samples passes validation; the error comes at convert (its wording, "never called", is loose)
     empty = np.zeros((0, 1, 8, 8), np.float32)
-    _fails(tmp_path, [empty, empty], CalibrationError, "calibration data")
+    _fails(tmp_path, [empty, empty], CalibrationError, "calibration batch 0 has 0 samples")
 
 
 def test_no_calibration_data_at_all(tmp_path: Path) -> None:
@@ -138,8 +141,8 @@ def test_wrong_input_name_in_a_later_batch(tmp_path: Path, digits: DigitsSplit) 
 
 def test_wrong_input_name_in_an_npz(tmp_path: Path, digits: DigitsSplit) -> None:
     np.savez(tmp_path / "named.npz", image=digits.calib_x, label=digits.train_y[:256])
-    _fails(tmp_path, tmp_path / "named.npz", CalibrationError,
-           r"named\.npz lacks arrays for inputs \['x'\]; it has \['image', 'label'\], the model's inputs are \['x'\]")  # fmt: skip
+    message = r"named\.npz lacks arrays for inputs \['x'\]; it has \['image', 'label'\], the model's inputs are \['x'\]"
+    _fails(tmp_path, tmp_path / "named.npz", CalibrationError, message)
 
 
 def test_wrong_keyword_when_calling_the_prepared_model(digits: DigitsSplit) -> None:
@@ -166,7 +169,9 @@ def test_wrong_rank(tmp_path: Path, digits: DigitsSplit) -> None:
 def test_wrong_shape_in_a_later_batch(tmp_path: Path, digits: DigitsSplit) -> None:
     batches = _batches(digits.calib_x[:64])
     batches.append(np.zeros((8, 3, 8, 8), np.float32))
-    _fails(tmp_path, batches, CalibrationError, r"calibration batch 2, input 'x' has shape \[8, 3, 8, 8\].*axis 1: 3 vs 1")
+    _fails(
+        tmp_path, batches, CalibrationError, r"calibration batch 2, input 'x' has shape \[8, 3, 8, 8\].*axis 1: 3 vs 1"
+    )
 
 
 def test_wrong_dtype(tmp_path: Path) -> None:
@@ -184,11 +189,9 @@ _CONVV = (
 
 def test_unknown_op_type_in_set_local(tmp_path: Path, digits: DigitsSplit) -> None:
     cfg = StaticQuantConfig().set_local("Convv", FP32)  # accepted here: only the model knows its op types
-    with pytest.raises(QuantirError, match=_CONVV) as info:
+    with pytest.raises(ConfigError, match=_CONVV) as info:
         _quantize_and_save(tmp_path, digits.calib_x, cfg)
-    # the config layer raises a ConfigError; prepare() reports it as the annotate pass's failure, chained
-    assert isinstance(info.value.__cause__, ConfigError)
-    assert "pass 'annotate' failed" in str(info.value)
+    assert "pass 'annotate'" not in str(info.value)  # a user error, reported as such, not as a pass failure
 
 
 def test_the_config_layer_raises_config_error_for_an_unknown_op_type() -> None:
@@ -198,12 +201,6 @@ def test_the_config_layer_raises_config_error_for_an_unknown_op_type() -> None:
         resolve_op_configs(cfg, ops)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: PassManager wraps every exception of a pass in PassError, so a user's config typo reaches the "
-    "caller of prepare()/quantize() as PassError('pass 'annotate' failed: ...'), not ConfigError",
-)
 def test_unknown_op_type_in_set_local_is_a_config_error(digits: DigitsSplit) -> None:
     cfg = StaticQuantConfig().set_local("Convv", FP32)
     try:
@@ -301,19 +298,6 @@ def test_output_whose_parent_does_not_exist(quantized: QuantizedModel, tmp_path:
     with pytest.raises(SerializationError, match=r"cannot write the artifact '.*/missing/artifact'"):
         quantized.save(tmp_path / "missing" / "artifact")
     assert os.listdir(tmp_path) == []
-
-
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-def test_output_in_a_read_only_folder(quantized: QuantizedModel, tmp_path: Path) -> None:
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o555)
-    try:
-        with pytest.raises(SerializationError, match=r"cannot write the artifact '.*/ro/artifact'"):
-            quantized.save(ro / "artifact")
-        assert os.listdir(ro) == []
-    finally:
-        ro.chmod(0o755)
 
 
 def test_a_failed_save_keeps_the_previous_artifact(quantized: QuantizedModel, tmp_path: Path) -> None:

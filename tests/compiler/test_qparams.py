@@ -400,6 +400,7 @@ TORCH_CASES = [(U8, False, False), (I8, True, False), (U8, True, False), (I8, Fa
 def test_ort_matches_compute_scale_zp(dtype: DType, sym: bool, reduce: bool) -> None:
     import onnx
     import onnxruntime.quantization.quant_utils as quant_utils
+
     qtype = {U8: onnx.TensorProto.UINT8, I8: onnx.TensorProto.INT8}[dtype]
     qmin, qmax = quant_utils.get_qmin_qmax_for_qType(qtype, reduce_range=reduce, symmetric=sym)
     for rmin, rmax in _random_ranges(30):
@@ -416,6 +417,7 @@ def test_ort_matches_compute_scale_zp(dtype: DType, sym: bool, reduce: bool) -> 
 def test_pytorch_matches_minmax_observer(dtype: DType, sym: bool, reduce: bool) -> None:
     import torch
     import torch.ao.quantization.observer as observer
+
     tdtype = {U8: torch.quint8, I8: torch.qint8}[dtype]
     scheme = torch.per_tensor_symmetric if sym else torch.per_tensor_affine
     for rmin, rmax in _random_ranges(30):
@@ -431,6 +433,7 @@ def test_pytorch_matches_minmax_observer(dtype: DType, sym: bool, reduce: bool) 
 def test_pytorch_matches_per_channel_observer() -> None:
     import torch
     import torch.ao.quantization.observer as observer
+
     w = torch.tensor([[-1.0, 1.0, 0.3], [0.0, 0.0, 0.0], [0.5, 2.0, 1.0]])
     obs = observer.PerChannelMinMaxObserver(ch_axis=0, dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
     obs(w)

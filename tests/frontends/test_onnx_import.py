@@ -168,6 +168,7 @@ def test_external_data_length_defaults_to_rest_of_file(tmp_path: Path) -> None:
 
 def test_external_data_imports_with_low_memory(tmp_path: Path) -> None:
     import psutil
+
     shape = (16384, 8192)  # 512 MiB of float32, as a sparse file: nothing is read at import
     with open(tmp_path / "big.bin", "wb") as f:
         f.truncate(shape[0] * shape[1] * 4)
