@@ -291,7 +291,9 @@ def _bench_model(name: str, tools: Sequence[str], factor: int, work: Path) -> di
         row = rows[tool] = _run_child(name, tool, source, work / name / tool)
         if "error" not in row:
             sessions[tool] = _session(row["model"])
-            row["accuracy"] = _evaluate(name, sessions[tool], reference)[0]
+            row["accuracy"], outputs = _evaluate(name, sessions[tool], reference)
+            if name == "digits" and reference is not None:  # fidelity to FP32, beyond a 597-image top-1
+                row["fp32_rel_l2"] = float(np.linalg.norm(outputs - reference) / np.linalg.norm(reference))
             row["coverage"] = _coverage(source, row["model"], work / name / tool)
             if tool.startswith("quantir"):
                 row["quantir_verify"] = _quantir_verify(Path(row["model"]).parent, _latency_feeds(name)[32], source)
@@ -326,6 +328,8 @@ def _table(results: dict[str, Any], factor: int) -> str:
                 lines.append(f"| {model} | {label} | FAILED: {row['error'].replace('|', '/')} |" + " |" * 9)
                 continue
             acc = f"{row['accuracy']:.2f}%" if model == "digits" else f"cos {row['accuracy']:.4f}"
+            if "fp32_rel_l2" in row:
+                acc += f" (logits rel L2 vs FP32 {row['fp32_rel_l2']:.4f})"
             lat = {b: row["latency_ms"][b] for b in (1, 32)} if "latency_ms" in row else {}
             cells = [model, label, _fmt(row["seconds"], ".3f"), _fmt(row.get("process_s"), ".2f")]
             cells.append(_fmt(row["seconds"] / base["seconds"] if "seconds" in base else None, ".0f"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from quantir.backends.onnx_proto.emit import build_model, emit_model
+from quantir.backends.onnx_proto.emit import PROTO_LIMIT, build_model, emit_model
 from quantir.backends.onnx_proto.save import save_model
 
-__all__ = ["build_model", "emit_model", "save_model"]
+__all__ = ["PROTO_LIMIT", "build_model", "emit_model", "save_model"]
