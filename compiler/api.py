@@ -1,5 +1,6 @@
 """The public API, mirroring Intel Neural Compressor 3.x: `prepare` -> call with data -> `convert`, or
-`quantize` in one call. Models are ONNX paths or ModelProtos (torch modules come with the torch frontend).
+`quantize` in one call. Models are ONNX paths, ModelProtos, IR graphs, torch `nn.Module`s (with `example_inputs`,
+optionally `dynamic_shapes`) or `torch.export.ExportedProgram`s (through `quantir.frontends.torch`).
 """
 
 from __future__ import annotations
@@ -20,23 +21,36 @@ from quantir.compiler.passes.smooth_quant import CHANNEL_RANGES_KEY, TARGETS_KEY
 from quantir.compiler.quantized_model import QuantizedModel
 from quantir.compiler.targets import target
 from quantir.frontends.onnx import import_onnx
+from quantir.frontends.torch import import_torch
 from quantir.ir import ConfigError, Graph, QuantirError
 from quantir.ir.clone import clone_graph
 
 __all__ = ["PreparedModel", "convert", "prepare", "quantize"]
 
 
-def _load(model: Any) -> Graph:
+def _is_torch(model: Any) -> bool:
+    """An nn.Module or an ExportedProgram, recognized without importing torch for ONNX users."""
+    if type(model).__name__ == "ExportedProgram" and (type(model).__module__ or "").startswith("torch"):
+        return True
+    return hasattr(model, "forward") and hasattr(model, "state_dict")
+
+
+def _load(model: Any, example_inputs: Any = None, dynamic_shapes: Any = None) -> Graph:
+    if _is_torch(model):
+        if type(model).__name__ != "ExportedProgram" and example_inputs is None:
+            raise ConfigError(
+                f"a torch.nn.Module ({type(model).__name__}) needs example_inputs to be exported: "
+                "prepare(model, cfg, example_inputs=x) with x a tensor, a tuple or a dict of kwargs"
+            )
+        return import_torch(model, example_inputs, dynamic_shapes=dynamic_shapes)
     if isinstance(model, Graph):
         return clone_graph(model)[0]
     if isinstance(model, (str, os.PathLike)):
         return load_graph(model)
     if type(model).__name__ == "ModelProto":
         return import_onnx(model)
-    if hasattr(model, "forward") and hasattr(model, "state_dict"):
-        raise QuantirError("torch.nn.Module input needs the torch frontend, which is not available yet; export the "
-                           "model to ONNX (torch.onnx.export(..., dynamo=True)) and pass the .onnx path")  # fmt: skip
-    raise QuantirError(f"cannot quantize a {type(model).__name__}; expected an ONNX path, a ModelProto or an IR Graph")
+    raise QuantirError(f"cannot quantize a {type(model).__name__}; expected an ONNX path, a ModelProto, an IR Graph, "
+                       "a torch.nn.Module or a torch.export.ExportedProgram")  # fmt: skip
 
 
 class PreparedModel:
@@ -86,14 +100,19 @@ def prepare(
     *,
     backend: str = "onnx_qdq",
     example_inputs: Any = None,
+    dynamic_shapes: Any = None,
     print_ir_after: str | None = None,
 ) -> PreparedModel:
-    """Import, canonicalize and annotate `model`; returns a callable that calibrates on what it is given."""
+    """Import, canonicalize and annotate `model`; returns a callable that calibrates on what it is given.
+
+    A torch `nn.Module` needs `example_inputs` (a tensor, a tuple or a dict of kwargs) and may take
+    `dynamic_shapes` (torch.export's; None makes dim 0 of each tensor input dynamic where the model allows it).
+    """
     cfg = quant_config or StaticQuantConfig()
     if not isinstance(cfg, StaticQuantConfig):
         raise ConfigError(f"quant_config must be a StaticQuantConfig, got {type(cfg).__name__}")
     target(backend)  # an unknown backend fails here, before any work
-    graph = _load(model)
+    graph = _load(model, example_inputs, dynamic_shapes)
     ctx = PassContext()
     mode: PrintMode | None = "all" if print_ir_after == "all" else "change" if print_ir_after == "change" else None
     passes: list[Pass] = [Canonicalize(), FoldConstants(), EliminateDeadCode(), Annotate(backend=backend, config=cfg)]
@@ -129,9 +148,13 @@ def quantize(
     *,
     run_fn: Callable[[PreparedModel], Any] | None = None,
     backend: str = "onnx_qdq",
+    example_inputs: Any = None,
+    dynamic_shapes: Any = None,
 ) -> QuantizedModel:
-    """prepare -> calibrate (on `calib_data`, or by `run_fn(prepared)`) -> convert, in one call."""
-    prepared = prepare(model, quant_config, backend=backend)
+    """prepare -> calibrate (on `calib_data`, or by `run_fn(prepared)`) -> convert, in one call. `example_inputs`
+    and `dynamic_shapes` are for torch modules, as in `prepare`."""
+    prepared = prepare(model, quant_config, backend=backend, example_inputs=example_inputs,
+                       dynamic_shapes=dynamic_shapes)  # fmt: skip
     if run_fn is not None:
         run_fn(prepared)
     elif calib_data is not None:

@@ -9,14 +9,14 @@ import os
 import shutil
 import tempfile
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from quantir.backends.onnx_qdq.emit import emit
-from quantir.backends.onnx_qdq.legalize import legalize_for_onnx_qdq
+from quantir.backends import onnx_qdq, openvino
 from quantir.compiler.calib_data import validate_batch
 from quantir.compiler.config import StaticQuantConfig
 from quantir.compiler.decisions import OpDecision, decisions_of
@@ -26,7 +26,15 @@ from quantir.ir.clone import clone_graph
 
 __all__ = ["Legalized", "QuantizedModel"]
 
-BACKENDS = ("onnx_qdq",)
+_LEGALIZE: dict[str, Callable[[Graph], Any]] = {
+    "onnx_qdq": onnx_qdq.legalize_for_onnx_qdq,
+    "openvino": openvino.legalize_for_openvino,
+}
+"""Per backend: the pass that keeps only what its runtime runs in low precision (mutates a clone, returns a report
+whose `nodes` rows follow the graph's nodes)."""
+_EMIT: dict[str, Callable[..., Path]] = {"onnx_qdq": onnx_qdq.emit, "openvino": openvino.emit}
+"""Per backend: `emit(graph, path, *, manifest)`, which writes the artifact folder atomically."""
+BACKENDS = tuple(_LEGALIZE)
 
 
 @dataclass(slots=True)
@@ -73,7 +81,7 @@ class QuantizedModel:
         key = _backend_key(backend or self.backend)
         if key not in self._legal:
             graph = clone_graph(self.ir)[0]
-            report = legalize_for_onnx_qdq(graph)
+            report = _LEGALIZE[key](graph)
             decisions = _merge(decisions_of(self.ctx.data, self.ir), report.nodes)
             self._legal[key] = Legalized(key, graph, report, decisions)
         return self._legal[key]
@@ -94,7 +102,7 @@ class QuantizedModel:
     def save(self, path: str | os.PathLike[str], backend: str | None = None) -> Path:
         """Write the artifact for `backend` (default: the one prepared for) into the folder `path`, atomically."""
         legal = self.legalized(backend)
-        return emit(legal.graph, path, manifest=self.manifest(legal.backend))
+        return _EMIT[legal.backend](legal.graph, path, manifest=self.manifest(legal.backend))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self._session is None:

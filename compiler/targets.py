@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from quantir.backends.onnx_qdq.capabilities import CAPABILITIES
+from quantir.backends.openvino import capabilities as ov_caps
 from quantir.compiler.qparams import Convention
 from quantir.ir import ConfigError
 from quantir.ir.traits import UnitKind
@@ -36,10 +37,15 @@ class TargetCaps:
 
 
 def target(name: str) -> TargetCaps:
-    """The capabilities of a backend by name (`onnx_qdq`, ...)."""
+    """The capabilities of a backend by name (`onnx_qdq`, `openvino`)."""
     key = name.replace("-", "_")
     if key == "onnx_qdq":
         units = {op: cap.kind for op, cap in CAPABILITIES.items()}
         float_out = frozenset(op for op, cap in CAPABILITIES.items() if cap.float_output_kernel)
         return TargetCaps("onnx_qdq", "ONNX Runtime", Convention.ORT, units, float_output_ok=float_out)
-    raise ConfigError(f"unknown backend {name!r}; expected one of onnx_qdq")
+    if key == "openvino":
+        return TargetCaps("openvino", ov_caps.RUNTIME, Convention.OPENVINO, ov_caps.UNITS,
+                          float_reasons={"MatMul": ov_caps.ACT_ACT_MATMUL},
+                          weight_inputs_only=ov_caps.WEIGHT_INPUTS_ONLY,
+                          float_output_ok=ov_caps.FLOAT_OUTPUT_OK)  # fmt: skip
+    raise ConfigError(f"unknown backend {name!r}; expected one of onnx_qdq, openvino")

@@ -153,7 +153,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert", help="quantize a model for a target runtime, verify it and report")
     p.add_argument("model", help="an .onnx or .qir file")
-    p.add_argument("--to", default="onnx-qdq", help="target: onnx-qdq or all (default: onnx-qdq)")
+    p.add_argument("--to", default="onnx-qdq", help="target: onnx-qdq, openvino or all (default: onnx-qdq)")
     p.add_argument("--calib", required=True, help=".npz of calibration arrays keyed by input name (axis 0 = samples)")
     p.add_argument("--config", help="a StaticQuantConfig as YAML or JSON")
     p.add_argument("--sampling-size", type=int, help="calibration samples to use (default: the config's, 100)")

@@ -18,7 +18,7 @@ import numpy as np
 from quantir.compiler.api import convert, prepare
 from quantir.compiler.calib_data import feeds
 from quantir.compiler.config import StaticQuantConfig, load_config
-from quantir.compiler.quantized_model import QuantizedModel
+from quantir.compiler.quantized_model import BACKENDS, QuantizedModel
 from quantir.ir import QuantirError
 
 __all__ = ["agreement", "run_convert", "summarize"]
@@ -72,28 +72,45 @@ def _float_session(source: Path) -> Any:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
+def _verify_onnx_qdq(path: Path, feed: dict[str, np.ndarray]) -> Any:
+    from quantir.backends.onnx_qdq.verify import verify_onnx_qdq
+
+    return verify_onnx_qdq(path, feed)
+
+
+def _verify_openvino(path: Path, feed: dict[str, np.ndarray]) -> Any:
+    from quantir.backends.openvino.verify import verify_openvino
+
+    return verify_openvino(path, feed)
+
+
+_VERIFY = {"onnx_qdq": _verify_onnx_qdq, "openvino": _verify_openvino}
+"""Per target: load the artifact in its runtime; the report has `coverage_text()` and `run(batch)`."""
+
+
 def run_convert(args: argparse.Namespace) -> int:
     cfg = load_config(args.config) if args.config else StaticQuantConfig()
     size = args.sampling_size or cfg.calibration_sampling_size
-    targets = ["onnx_qdq"] if args.to in ("onnx-qdq", "onnx_qdq", "all") else [args.to]
-    if args.to not in ("onnx-qdq", "onnx_qdq", "all"):
-        raise QuantirError(f"--to {args.to}: unknown target; expected onnx-qdq or all")
+    key = args.to.replace("-", "_")
+    if key not in (*BACKENDS, "all"):
+        raise QuantirError(f"--to {args.to}: unknown target; expected onnx-qdq, openvino or all")
+    targets = list(BACKENDS) if key == "all" else [key]
     t0 = time.perf_counter()
     mode = "all" if args.print_ir_after_all else "change" if args.print_ir_after_change else None
     prepared = prepare(args.model, cfg, backend=targets[0], print_ir_after=mode)
     prepared.calibrate(args.calib, sampling_size=size)
     model = convert(prepared)
     out = Path(args.output)
+    if len(targets) > 1:
+        out.mkdir(parents=True, exist_ok=True)  # one artifact folder per target inside it
     written = [model.save(out if len(targets) == 1 else out / t, backend=t) for t in targets]
     seconds = time.perf_counter() - t0
     stats = model.ctx.data.get("calibration", {})
     print(f"converted {args.model} in {seconds:.2f} s ({stats.get('samples', 0)} calibration samples)")
     print(summarize(model))
     for t, path in zip(targets, written, strict=True):
-        from quantir.backends.onnx_qdq.verify import verify_onnx_qdq
-
         feed = next(_batches(args.calib, model, size))
-        report = verify_onnx_qdq(path, feed)
+        report = _VERIFY[t](path, feed)
         print(f"{t}: {path}")
         print(f"  int8 kernel coverage: {report.coverage_text()}")
         sess = _float_session(Path(args.model))

@@ -13,7 +13,7 @@ import numpy as np
 
 from quantir.tools.digits import load_digits_split
 
-__all__ = ["DigitsCNN", "train"]
+__all__ = ["DigitsCNN", "load_bundled_module", "train"]
 
 
 def _model():  # type: ignore[no-untyped-def]
@@ -41,6 +41,26 @@ def _model():  # type: ignore[no-untyped-def]
 
 
 DigitsCNN = _model
+
+
+def load_bundled_module():  # type: ignore[no-untyped-def]
+    """The digits CNN as an nn.Module (eval mode) with the bundled weights: the ONNX initializer names are its
+    state_dict keys, so no training is needed."""
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    from quantir.tools.digits import bundled_model_path
+
+    model = _model()
+    weights = {
+        i.name: torch.from_numpy(numpy_helper.to_array(i).copy())
+        for i in onnx.load(str(bundled_model_path())).graph.initializer
+    }
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected or not all(k.endswith("num_batches_tracked") for k in missing):
+        raise RuntimeError(f"bundled weights do not fit DigitsCNN: missing {missing}, unexpected {unexpected}")
+    return model.eval()
 
 
 def train(epochs: int = 30, seed: int = 0):  # type: ignore[no-untyped-def]

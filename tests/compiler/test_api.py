@@ -237,8 +237,8 @@ def test_save_writes_model_and_manifest(reference: QuantizedModel, digits: Digit
     sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     np.testing.assert_array_equal(sess.run(None, {"x": digits.test_x[:10]})[0], reference(digits.test_x[:10]))
     assert reference.save(tmp_path / "explicit", backend="onnx-qdq").exists()
-    with pytest.raises(ConfigError, match="unknown backend 'openvino'; expected one of onnx_qdq"):
-        reference.save(tmp_path / "nope", backend="openvino")
+    with pytest.raises(ConfigError, match="unknown backend 'tflite'; expected one of onnx_qdq, openvino"):
+        reference.save(tmp_path / "nope", backend="tflite")
     assert not (tmp_path / "nope").exists()
 
 
