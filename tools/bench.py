@@ -27,7 +27,9 @@ from quantir.ir import ConfigError
 __all__ = ["add_arguments", "main"]
 
 MODELS = ("digits", "minilm")
-TOOLS = ("ort", "quantir", "quantir-sq")
+TOOLS = ("ort", "quantir", "quantir-sq", "nncf", "quantir-ov", "quantir-sq-ov")
+OV_TOOLS = ("nncf", "quantir-ov", "quantir-sq-ov")
+"""Tools whose artifact is an OpenVINO IR, measured in OpenVINO (CPU plugin) rather than ORT."""
 SMOOTH_ALPHA = 0.95
 """quantir-sq: SmoothQuant with NNCF's published transformer alpha (not tuned on the held-out data)."""
 HEAVY_OPS = ("Conv", "MatMul", "Gemm")
@@ -52,6 +54,14 @@ taken in 5 rounds in which FP32 and the quantized models take turns; MiniLM pads
 tokens.
 int8 heavy ops: fused integer kernels ({", ".join(INT8_KERNELS)}) in ORT's ENABLE_EXTENDED-optimized model over
 Conv/MatMul/Gemm in the FP32 model; Q/DQ left: QuantizeLinear/DequantizeLinear nodes left after that optimization.
+OpenVINO rows (nncf, quantir-ov, quantir-sq-ov): nncf is `ov.convert_model(float.onnx)` then `nncf.quantize(model,
+nncf.Dataset(<the same calibration batches>), subset_size=<number of batches>)` (default preset and options) and
+`ov.save_model(compress_to_fp16=False)`; quantir-ov / quantir-sq-ov are the quantir configs above saved with
+backend="openvino". Their accuracy and latency are measured in OpenVINO (CPU plugin, default threads, one infer
+request), latency ratios against the FP32 ONNX model compiled by OpenVINO (`FP32 (OpenVINO)`). Their int8 heavy ops:
+runtime nodes (Convolution/GroupConvolution/FullyConnected/MatMul...) whose runtimePrecision is u8/i8 and whose
+primitiveType ends in _I8, counted with the same function for NNCF and quantir, over Conv/MatMul/Gemm in the FP32
+model; `FQ left`: FakeQuantize nodes left in the runtime graph.
 Accuracy: digits top-1 on the 597 held-out images; MiniLM mean cosine of sentence embeddings vs FP32 over the
 held-out sentences (lines 101+ of tools/data/sentences.txt)."""
 
@@ -152,21 +162,31 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
             pre, out_dir / "model.onnx", Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
         )  # fmt: skip
+    elif tool == "nncf":
+        import nncf  # type: ignore[import-untyped]  # may ship no type information
+        import openvino as ov
+
+        items = list(stream())
+        start = time.perf_counter()
+        float_model = ov.convert_model(src)
+        quantized_ov = nncf.quantize(float_model, nncf.Dataset(items), subset_size=len(items))
+        (out_dir / "artifact").mkdir(parents=True, exist_ok=True)
+        ov.save_model(quantized_ov, out_dir / "artifact" / "model.xml", compress_to_fp16=False)
     else:
         from quantir.compiler.api import quantize
         from quantir.compiler.config import StaticQuantConfig
 
         start = time.perf_counter()
-        smooth = tool == "quantir-sq"
+        smooth = tool in ("quantir-sq", "quantir-sq-ov")
         cfg = StaticQuantConfig(calibration_sampling_size=samples, smooth_quant=smooth, smooth_quant_alpha=SMOOTH_ALPHA)
         quantized = quantize(src, cfg, stream())
-        quantized.save(out_dir / "artifact")
+        quantized.save(out_dir / "artifact", backend="openvino" if tool in OV_TOOLS else None)
         result["seconds"] = time.perf_counter() - start
         (out_dir / "report.txt").write_text(str(quantized.report()))
     result.setdefault("seconds", time.perf_counter() - start)
     result["peak_rss_mb"] = _peak_rss_mb()
     result["model"] = {"fp32": src, "ort": str(out_dir / "model.onnx")}.get(
-        tool, str(out_dir / "artifact" / "model.onnx")
+        tool, str(out_dir / "artifact" / ("model.xml" if tool in OV_TOOLS else "model.onnx"))
     )
     return result
 
@@ -197,6 +217,46 @@ def _session(path: str | Path, **options: Any) -> Any:
     for key, value in options.items():
         setattr(so, key, value)
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+class _OVInput:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class _OVSession:
+    """An OpenVINO CPU compiled model behind the slice of ORT's InferenceSession API the benchmark uses."""
+
+    def __init__(self, path: str | Path) -> None:
+        import openvino as ov
+
+        self.compiled = ov.Core().compile_model(str(path), "CPU")
+        self.request = self.compiled.create_infer_request()
+        self.output_names = [o.get_any_name() for o in self.compiled.outputs]
+
+    def get_inputs(self) -> list[_OVInput]:
+        return [_OVInput(i.get_any_name()) for i in self.compiled.inputs]
+
+    def run(self, names: Sequence[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self.request.infer(feed)
+        wanted = self.output_names if names is None else list(names)
+        return [np.array(self.request.get_tensor(n).data) for n in wanted]
+
+
+def ov_int8_coverage(compiled: Any) -> dict[str, int]:
+    """Runtime nodes of an OpenVINO CPU compiled model: heavy layers (Convolution, FullyConnected, MatMul...) that
+    run an int8 kernel (runtimePrecision u8/i8, primitiveType ending in _I8), all heavy layers, FakeQuantize left.
+    The same counter for NNCF's and quantir's models."""
+    from quantir.backends.openvino.capabilities import COVERAGE_LAYERS, is_int8_primitive
+    from quantir.backends.openvino.verify import runtime_nodes
+
+    rows = runtime_nodes(compiled)
+    heavy = [r for r in rows if r["layer"] in COVERAGE_LAYERS]
+    return {
+        "int8_kernels": sum(is_int8_primitive(r["precision"], r["primitive"]) for r in heavy),
+        "runtime_heavy": len(heavy),
+        "fq_left": sum(r["layer"] == "FakeQuantize" for r in rows),
+    }
 
 
 def _latency_feeds(name: str) -> dict[int, dict[str, np.ndarray]]:
@@ -283,19 +343,36 @@ def _quantir_verify(artifact: Path, inputs: dict[str, np.ndarray], fp32: Path) -
 def _bench_model(name: str, tools: Sequence[str], factor: int, work: Path) -> dict[str, Any]:
     source = _source_model(name)
     floor = _run_child(name, "fp32", source, work / name / "fp32")
-    sessions = {"fp32": _session(source)}
+    sessions: dict[str, Any] = {"fp32": _session(source)}
     fp32_acc, reference = _evaluate(name, sessions["fp32"], None)
     rows: dict[str, Any] = {"fp32": {**floor, "accuracy": fp32_acc}}
+    if any(t in OV_TOOLS for t in tools):
+        sessions["fp32-ov"] = _OVSession(source)
+        rows["fp32-ov"] = {"accuracy": _evaluate(name, sessions["fp32-ov"], reference)[0]}
     for tool in tools:
         print(f"[bench] {name}: converting with {tool}", file=sys.stderr, flush=True)
         row = rows[tool] = _run_child(name, tool, source, work / name / tool)
         if "error" not in row:
-            sessions[tool] = _session(row["model"])
+            ov_row = tool in OV_TOOLS
+            sessions[tool] = _OVSession(row["model"]) if ov_row else _session(row["model"])
             row["accuracy"], outputs = _evaluate(name, sessions[tool], reference)
             if name == "digits" and reference is not None:  # fidelity to FP32, beyond a 597-image top-1
                 row["fp32_rel_l2"] = float(np.linalg.norm(outputs - reference) / np.linalg.norm(reference))
-            row["coverage"] = _coverage(source, row["model"], work / name / tool)
-            if tool.startswith("quantir"):
+            if ov_row:
+                heavy = _op_counts(source)
+                cov = ov_int8_coverage(sessions[tool].compiled)
+                row["coverage"] = {**cov, "heavy_ops": sum(heavy[k] for k in HEAVY_OPS)}
+            else:
+                row["coverage"] = _coverage(source, row["model"], work / name / tool)
+            if tool in ("quantir-ov", "quantir-sq-ov"):
+                from quantir.backends.openvino.verify import verify_openvino
+
+                try:
+                    rep = verify_openvino(Path(row["model"]).parent, _latency_feeds(name)[32])
+                    row["quantir_verify"] = {"coverage": rep.coverage, "text": rep.coverage_text(), "ok": rep.ok}
+                except Exception as e:  # reported, never fatal
+                    row["quantir_verify"] = {"error": f"{type(e).__name__}: {e}"}
+            elif tool.startswith("quantir"):
                 row["quantir_verify"] = _quantir_verify(Path(row["model"]).parent, _latency_feeds(name)[32], source)
         if factor > 1:
             big = _run_child(name, tool, source, work / name / f"{tool}_x{factor}", factor=factor)
@@ -323,7 +400,10 @@ def _table(results: dict[str, Any], factor: int) -> str:
         base = rows["fp32"]
         for tool, row in rows.items():
             label = {"fp32": "FP32 (calib pass)", "ort": "ORT quantize_static", "quantir": "quantir (default)",
-                     "quantir-sq": f"quantir SmoothQuant a={SMOOTH_ALPHA}"}[tool]  # fmt: skip
+                     "quantir-sq": f"quantir SmoothQuant a={SMOOTH_ALPHA}", "fp32-ov": "FP32 (OpenVINO)",
+                     "nncf": "OV: nncf.quantize (default)", "quantir-ov": "OV: quantir (default)",
+                     "quantir-sq-ov": f"OV: quantir SmoothQuant a={SMOOTH_ALPHA}"}[tool]  # fmt: skip
+            ov_base = rows.get("fp32-ov") if tool in OV_TOOLS else None
             if "error" in row:
                 lines.append(f"| {model} | {label} | FAILED: {row['error'].replace('|', '/')} |" + " |" * 9)
                 continue
@@ -331,17 +411,26 @@ def _table(results: dict[str, Any], factor: int) -> str:
             if "fp32_rel_l2" in row:
                 acc += f" (logits rel L2 vs FP32 {row['fp32_rel_l2']:.4f})"
             lat = {b: row["latency_ms"][b] for b in (1, 32)} if "latency_ms" in row else {}
-            cells = [model, label, _fmt(row["seconds"], ".3f"), _fmt(row.get("process_s"), ".2f")]
-            cells.append(_fmt(row["seconds"] / base["seconds"] if "seconds" in base else None, ".0f"))
+            seconds = row.get("seconds")
+            cells = [model, label, _fmt(seconds, ".3f"), _fmt(row.get("process_s"), ".2f")]
+            cells.append(_fmt(seconds / base["seconds"] if seconds and "seconds" in base else None, ".0f"))
             big = row.get(f"x{factor}", {})
             big_cell = "FAILED" if "error" in big else _fmt(big.get("peak_rss_mb"), ".0f")
-            cells += [_fmt(row["peak_rss_mb"], ".0f"), big_cell if tool != "fp32" else "-", acc]
+            cells += [_fmt(row.get("peak_rss_mb"), ".0f"), big_cell if tool not in ("fp32", "fp32-ov") else "-", acc]
+            ref = (ov_base or base).get("latency_ms", {})
             for b in (1, 32):
-                ratio = lat[b] / base["latency_ms"][b]
-                cells.append(f"{lat[b]:.3g} ({ratio:.2f}x)" if tool != "fp32" else f"{lat[b]:.3g}")
+                if b not in lat:
+                    cells.append("-")
+                elif tool in ("fp32", "fp32-ov") or b not in ref:
+                    cells.append(f"{lat[b]:.3g}")
+                else:
+                    cells.append(f"{lat[b]:.3g} ({lat[b] / ref[b]:.2f}x)")
             cov = row.get("coverage")
             cells.append(f"{cov['int8_kernels']}/{cov['heavy_ops']}" if cov else "-")
-            cells.append(f"{cov['quantize_left']} Q + {cov['dequantize_left']} DQ" if cov else "-")
+            if cov and "fq_left" in cov:
+                cells.append(f"{cov['fq_left']} FQ")
+            else:
+                cells.append(f"{cov['quantize_left']} Q + {cov['dequantize_left']} DQ" if cov else "-")
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -369,7 +458,7 @@ def _environment() -> dict[str, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: digits, minilm (default both)")
-    parser.add_argument("--tools", default=",".join(TOOLS), help="comma-separated: ort, quantir (default both)")
+    parser.add_argument("--tools", default=",".join(TOOLS), help=f"comma-separated: {', '.join(TOOLS)} (default all)")
     parser.add_argument("--calib-factor", type=int, default=4, help="repeat the calibration set N times (peak RSS)")
     parser.add_argument("--out", help="write the results as JSON to this file")
     parser.add_argument("--workdir", help="keep the quantized models here (default: a temporary directory)")

@@ -47,6 +47,22 @@ def _weight_spec(spec: QuantSpec, reduce_range: bool) -> QuantSpec:
     return QuantSpec(spec.dtype, spec.scheme, spec.granularity, spec.observer, qmin, qmax)
 
 
+def _absorbed_by_reader(v: Value, caps: TargetCaps, wants: dict[Node, bool], graph: Graph) -> bool:
+    """`v` is a compute op's output whose only reader is a Relu/Clip that will be quantized: one quantizer, after
+    the activation, serves both (quantizing before it too would round twice)."""
+    producer = v.producer
+    readers = v.users()
+    return (
+        producer is not None
+        and caps.units.get(producer.op_type) is UnitKind.COMPUTE
+        and wants.get(producer, False)
+        and len(v.uses()) == 1
+        and not graph.is_output(v)
+        and caps.units.get(readers[0].op_type) is UnitKind.ABSORBED
+        and wants.get(readers[0], False)
+    )
+
+
 def _join_connects_int8(node: Node, caps: TargetCaps, wants: dict[Node, bool]) -> bool:
     for v in node.inputs:
         if v is None or v.const is not None:
@@ -95,7 +111,7 @@ class Annotate:
                     wants[n] = False
         changed = False
         for node, res in zip(nodes, resolved, strict=True):
-            quantized, reason = self._annotate(node, res, caps, wants)
+            quantized, reason = self._annotate(graph, node, res, caps, wants)
             record(ctx.data, node, quantized, reason)
             changed |= quantized
         ctx.data["reduce_range"] = self._reduce_range()
@@ -106,7 +122,7 @@ class Annotate:
         return default_reduce_range() if rr is None else rr
 
     def _annotate(
-        self, node: Node, res: ResolvedOpConfig, caps: TargetCaps, wants: dict[Node, bool]
+        self, graph: Graph, node: Node, res: ResolvedOpConfig, caps: TargetCaps, wants: dict[Node, bool]
     ) -> tuple[bool, str]:
         if node.domain not in ("", "ai.onnx"):
             return False, f"op of domain {node.domain!r} has no integer kernel in {caps.runtime}"
@@ -119,14 +135,19 @@ class Annotate:
             return False, (f"{node.op_type} joins float data (an input not produced by an int8 kernel, or no int8 "
                            "kernel reads it): int8 here would only add Q/DQ pairs")  # fmt: skip
         if kind is UnitKind.COMPUTE:
-            return self._compute(node, res, caps, wants)
+            return self._compute(graph, node, res, caps, wants)
         data = node.inputs[0] if node.inputs else None
-        if data is None or not isinstance(data.quant, QuantSpec) or data.const is not None:
+        feeds_from_unit = (
+            kind is UnitKind.ABSORBED and data is not None and _absorbed_by_reader(data, caps, wants, graph)
+        )
+        quantized_input = data is not None and (isinstance(data.quant, QuantSpec) or feeds_from_unit)
+        if data is None or data.const is not None or not quantized_input:
             return False, "its input is not quantized"
         out = node.outputs[0]
         if out is None or not _is_float_tensor(out):
             return False, "its output is not a float tensor"
         if kind is UnitKind.DROP:
+            assert isinstance(data.quant, QuantSpec)
             if data.quant.granularity.kind is not GranularityKind.PER_TENSOR:
                 return False, "its input is quantized per channel"
             self._set(out, data.quant)
@@ -138,7 +159,7 @@ class Annotate:
         return True, "absorbed into the preceding quantized op's output"
 
     def _compute(
-        self, node: Node, res: ResolvedOpConfig, caps: TargetCaps, wants: dict[Node, bool]
+        self, graph: Graph, node: Node, res: ResolvedOpConfig, caps: TargetCaps, wants: dict[Node, bool]
     ) -> tuple[bool, str]:
         traits = traits_of(node.op_type)
         weights = weight_inputs(node)
@@ -167,6 +188,8 @@ class Annotate:
             return False, "its output is not a float tensor"
         for v, spec in plan:
             self._set(v, spec)
+        if _absorbed_by_reader(out, caps, wants, graph):
+            return True, f"{res.reason}; the Relu/Clip after it carries the output quantizer"
         if node.op_type not in caps.float_output_ok or _read_quantized(out, caps, wants):
             self._set(out, act)
             return True, res.reason

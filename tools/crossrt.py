@@ -1,0 +1,245 @@
+"""Cross-runtime agreement: run the ONNX QDQ artifact in ONNX Runtime and the OpenVINO artifact in OpenVINO (both
+saved from the same quantized IR, e.g. by `quantir convert --to all`) on the same inputs and report, per output,
+the largest disagreement in units of the output's quantization step (LSB).
+
+The output step (the "LSB") is defined as follows:
+
+- a quantized output: its own quantization scale, as recorded in `quantir.json` (`outputs`; the smallest scale
+  when per channel);
+- a float output (e.g. logits from a quantized Gemm with no output quantizer): the quantization step of the
+  activation that feeds the op producing the output, i.e. the scale of the DequantizeLinear on that op's
+  non-constant input in the ONNX QDQ artifact (the smallest one when there are several). This is the finest step
+  at which the last quantized value of the network is defined; a disagreement below it means the two runtimes
+  computed the float tail from (nearly) the same codes. Outputs with neither get no LSB figure (only max |diff|).
+
+Argmax agreement is reported for 2-D outputs. As a diagnostic, the OpenVINO artifact's own fake-quant reference
+(`model.qdq.onnx`, the graph OpenVINO converted) is also run in ONNX Runtime: its distance to OpenVINO isolates
+the runtimes' integer arithmetic from differences between the two backends' legalized graphs.
+
+"The same IR": the two backends legalize their own copy of the IR, so the manifests' `ir_sha256` (a hash of the
+legalized graph) legitimately differ. The artifacts are accepted when the hashes are equal, or when their
+`config` and `calibration` records are equal and every tensor quantized in both QDQ graphs has identical scale and
+zero point (quantir names Q/DQ parameters `<tensor>_scale` / `<tensor>_zero_point`); otherwise `cross_runtime`
+refuses with a `SerializationError`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quantir.ir import SerializationError
+
+__all__ = ["CrossRuntimeReport", "CrossRow", "cross_runtime", "find_artifacts"]
+
+ONNX_QDQ, OPENVINO = "onnx_qdq", "openvino"
+
+
+@dataclass(frozen=True, slots=True)
+class CrossRow:
+    """ORT vs OpenVINO for one output."""
+
+    name: str
+    max_abs: float
+    step: float | None
+    """The output's LSB (see the module docstring); None when neither rule gives one."""
+    step_kind: str
+    """"output scale", "input activation scale of <node>", or "none"."""
+    argmax: float | None
+    """Share of rows whose argmax agrees (2-D outputs only)."""
+    same_graph_max_abs: float
+    """max |ORT(OpenVINO's model.qdq.onnx) - OpenVINO|: the runtimes alone, same graph."""
+
+    @property
+    def lsb(self) -> float | None:
+        return None if self.step is None else self.max_abs / self.step
+
+    @property
+    def same_graph_lsb(self) -> float | None:
+        return None if self.step is None else self.same_graph_max_abs / self.step
+
+
+@dataclass(slots=True)
+class CrossRuntimeReport:
+    """Per-output disagreement of ONNX Runtime and OpenVINO on one quantized IR."""
+
+    onnx_qdq: Path
+    openvino: Path
+    identity: str
+    """How the two artifacts were recognised as the same IR."""
+    samples: int
+    rows: list[CrossRow] = field(default_factory=list)
+
+    def ok(self, max_lsb: float = 1.0) -> bool:
+        """Every output with an LSB agrees within `max_lsb` steps."""
+        return all(r.lsb is None or r.lsb <= max_lsb for r in self.rows)
+
+    @property
+    def max_lsb(self) -> float | None:
+        values = [r.lsb for r in self.rows if r.lsb is not None]
+        return max(values) if values else None
+
+    def format(self) -> str:
+        lines = [f"ORT ({self.onnx_qdq}) vs OpenVINO ({self.openvino}) on {self.samples} samples; {self.identity}",
+                 "| output | max abs diff | LSB step (kind) | diff in LSB | argmax agree | same-graph diff in LSB |",
+                 "|---|---|---|---|---|---|"]  # fmt: skip
+        for r in self.rows:
+            step = "-" if r.step is None else f"{r.step:.4g} ({r.step_kind})"
+            lsb = "-" if r.lsb is None else f"{r.lsb:.3f}"
+            same = "-" if r.same_graph_lsb is None else f"{r.same_graph_lsb:.3f}"
+            arg = "-" if r.argmax is None else f"{r.argmax:.2%}"
+            lines.append(f"| {r.name} | {r.max_abs:.4g} | {step} | {lsb} | {arg} | {same} |")
+        return "\n".join(lines)
+
+
+def find_artifacts(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """(onnx_qdq artifact, openvino artifact) of a `convert --to all` folder, or of one artifact's parent folder
+    when `path` is one of the two artifacts (its sibling is looked up next to it)."""
+    from quantir.backends.onnx_proto.artifact import read_manifest
+
+    root = Path(path)
+    doc = read_manifest(root)
+    if doc is not None:
+        root = root.parent
+    found: dict[str, Path] = {}
+    if root.is_dir():
+        for child in sorted(root.iterdir()):
+            m = read_manifest(child) if child.is_dir() else None
+            if m is not None and m.get("backend") in (ONNX_QDQ, OPENVINO):
+                found.setdefault(str(m["backend"]), child)
+    missing = [b for b in (ONNX_QDQ, OPENVINO) if b not in found]
+    if missing:
+        raise SerializationError(
+            f"{os.fspath(path)!r} does not hold both an onnx_qdq and an openvino quantir artifact (missing: "
+            f"{', '.join(missing)}); write them with `quantir convert MODEL --to all -o DIR`"
+        )
+    return found[ONNX_QDQ], found[OPENVINO]
+
+
+def _qparams(model_path: Path) -> dict[str, tuple[Any, Any]]:
+    """Tensor -> (scale, zero point) of every `<tensor>_scale` initializer of a quantir QDQ graph."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(os.fspath(model_path), load_external_data=False)
+    inits = {i.name: i for i in model.graph.initializer if not i.external_data}
+    out: dict[str, tuple[Any, Any]] = {}
+    for name, init in inits.items():
+        if name.endswith("_scale"):
+            base = name[: -len("_scale")]
+            zp = inits.get(f"{base}_zero_point")
+            out[base] = (numpy_helper.to_array(init), None if zp is None else numpy_helper.to_array(zp))
+    return out
+
+
+def _identity(qdq: Path, ov_dir: Path, mq: dict[str, Any], mo: dict[str, Any]) -> str:
+    if mq.get("ir_sha256") and mq.get("ir_sha256") == mo.get("ir_sha256"):
+        return f"same ir_sha256 {str(mq['ir_sha256'])[:12]}"
+    for key in ("config", "calibration"):
+        if mq.get(key) != mo.get(key):
+            raise SerializationError(
+                f"{os.fspath(qdq)!r} and {os.fspath(ov_dir)!r} were not saved from the same quantized IR: their "
+                f"{key!r} records differ; save both from one QuantizedModel (`quantir convert --to all`)"
+            )
+    a = _qparams(qdq / str(mq.get("model", "model.onnx")))
+    b = _qparams(ov_dir / str(mo.get("reference", "model.qdq.onnx")))
+    shared = sorted(set(a) & set(b))
+    differ = [
+        t for t in shared
+        if a[t][0].shape != b[t][0].shape or not np.array_equal(a[t][0], b[t][0])
+        or (a[t][1] is None) != (b[t][1] is None) or (a[t][1] is not None and not np.array_equal(a[t][1], b[t][1]))
+    ]  # fmt: skip
+    if differ or not shared:
+        what = f"quantization of {', '.join(differ[:5])} differs" if differ else "no quantized tensor in common"
+        raise SerializationError(
+            f"{os.fspath(qdq)!r} and {os.fspath(ov_dir)!r} were not saved from the same quantized IR ({what}); "
+            "save both from one QuantizedModel (`quantir convert --to all`)"
+        )
+    return f"same config, calibration and quantization of {len(shared)} shared tensors (legalized hashes differ)"
+
+
+def _float_output_steps(model_path: Path) -> dict[str, tuple[float, str]]:
+    """Float output -> (step of the quantized activation feeding its producer, description)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(os.fspath(model_path), load_external_data=False)
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    steps: dict[str, tuple[float, str]] = {}
+    for out in g.output:
+        node = producer.get(out.name)
+        if node is None or node.op_type in ("DequantizeLinear", "QuantizeLinear"):
+            continue
+        found: list[float] = []
+        for inp in node.input:
+            dq = producer.get(inp)
+            if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] in inits:
+                continue  # a weight (constant) or a float input
+            if dq.input[1] in inits:
+                found.append(float(np.min(numpy_helper.to_array(inits[dq.input[1]]))))
+        if found:
+            steps[out.name] = (min(found), f"input activation scale of {node.name or node.op_type}")
+    return steps
+
+
+def _ort_run(path: Path, inputs: dict[str, np.ndarray], *, optimize: bool = True) -> dict[str, np.ndarray]:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(os.fspath(path), so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, (np.asarray(a) for a in sess.run(names, inputs)), strict=True))
+
+
+def cross_runtime(path: str | os.PathLike[str], inputs: dict[str, np.ndarray]) -> CrossRuntimeReport:
+    """Run the onnx_qdq artifact in ORT (ORT_ENABLE_ALL, fused integer kernels) and the openvino artifact on
+    OpenVINO's CPU plugin on `inputs`, and report per output the max |ORT - OV| in LSB (see the module docstring).
+
+    `path` is a `convert --to all` folder or either artifact inside one. Raises `SerializationError` when the two
+    artifacts are missing or were not saved from the same IR.
+    """
+    import openvino as ov
+
+    from quantir.backends.onnx_proto.artifact import read_manifest
+
+    qdq, ov_dir = find_artifacts(path)
+    mq, mo = read_manifest(qdq) or {}, read_manifest(ov_dir) or {}
+    identity = _identity(qdq, ov_dir, mq, mo)
+    qdq_model = qdq / str(mq.get("model", "model.onnx"))
+    ort_out = _ort_run(qdq_model, inputs)
+    same_graph = _ort_run(ov_dir / str(mo.get("reference", "model.qdq.onnx")), inputs)
+    try:
+        compiled = ov.Core().compile_model(os.fspath(ov_dir / str(mo.get("model", "model.xml"))), "CPU")
+    except Exception as e:  # OpenVINO's own exception types
+        raise SerializationError(f"OpenVINO cannot compile {os.fspath(ov_dir)!r} on CPU: {e}") from e
+    result = compiled(inputs)
+    ov_out = {port.get_any_name(): np.asarray(result[port]) for port in compiled.outputs}
+    float_steps = _float_output_steps(qdq_model)
+    samples = len(next(iter(inputs.values()))) if inputs else 0
+    report = CrossRuntimeReport(qdq, ov_dir, identity, samples)
+    for name, a in ort_out.items():
+        if name not in ov_out:
+            raise SerializationError(f"the OpenVINO artifact {os.fspath(ov_dir)!r} has no output {name!r}")
+        b = ov_out[name].astype(np.float64)
+        diff = float(np.max(np.abs(a.astype(np.float64) - b), initial=0.0))
+        same = float(np.max(np.abs(same_graph[name].astype(np.float64) - b), initial=0.0))
+        info = mq.get("outputs", {}).get(name, {})
+        step: float | None
+        if info.get("quantized"):
+            step, kind = min(float(s) for s in info["scale"]), "output scale"
+        elif name in float_steps:
+            step, kind = float_steps[name]
+        else:
+            step, kind = None, "none"
+        argmax = float(np.mean(a.argmax(1) == b.argmax(1))) if a.ndim == 2 and a.shape[1] > 1 else None
+        report.rows.append(CrossRow(name, diff, step, kind, argmax, same))
+    return report
