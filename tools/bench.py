@@ -133,21 +133,9 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
         for feed in stream():
             session.run(None, feed)
     elif tool == "ort":
-        from onnxruntime.quantization import (
-            CalibrationDataReader,
-            CalibrationMethod,
-            QuantFormat,
-            QuantType,
-            quantize_static,
-        )
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        class Reader(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime ships no type information
-            def __init__(self) -> None:
-                self.it = stream()
-
-            def get_next(self) -> dict[str, np.ndarray] | None:
-                return next(self.it, None)
+        from quantir.tools.ort_baseline import ort_quantize_static
 
         pre = out_dir / "preprocessed.onnx"
         start = time.perf_counter()
@@ -158,10 +146,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
             start = time.perf_counter()  # time the run a user would make, not the failed attempt
             quant_pre_process(src, pre, skip_symbolic_shape=True)
         result["preprocess_s"] = time.perf_counter() - start
-        quantize_static(
-            pre, out_dir / "model.onnx", Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-        )  # fmt: skip
+        ort_quantize_static(pre, out_dir / "model.onnx", stream())
     elif tool == "nncf":
         import nncf  # type: ignore[import-untyped]  # may ship no type information
         import openvino as ov

@@ -107,6 +107,51 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return run_convert(args)
 
 
+def _cmd_verify_artifacts(args: argparse.Namespace) -> int:
+    """`quantir verify DIR [--calib DATA.npz]`: ORT vs OpenVINO on the same IR, max disagreement in output LSB.
+
+    Inputs: the arrays of `--calib` keyed by input name (axis 0 = samples; the first `--samples`). Without
+    `--calib`, uniform random inputs in [0, 1) (integer inputs: ones) of the model's input shapes, dynamic
+    dimensions set to 8, with a printed warning: such data exercise the arithmetic but not realistic ranges.
+    Exit 1 when an output disagrees by more than `--max-lsb` steps.
+    """
+    import numpy as np
+    import onnx
+
+    from quantir.tools.crossrt import cross_runtime, find_artifacts
+
+    qdq, _ = find_artifacts(args.dir)
+    graph = onnx.load(str(qdq / "model.onnx"), load_external_data=False).graph
+    init_names = {i.name for i in graph.initializer}
+    specs = [i for i in graph.input if i.name not in init_names]
+    if args.calib:
+        with np.load(args.calib) as data:
+            missing = [i.name for i in specs if i.name not in data.files]
+            if missing:
+                raise QuantirError(f"--calib {args.calib}: no array for input(s) {', '.join(missing)}")
+            inputs = {i.name: np.asarray(data[i.name])[: args.samples] for i in specs}
+    else:
+        print("quantir: warning: no --calib given; using random inputs of the model's input shapes (dynamic "
+              "dimensions = 8), which do not have the calibration data's ranges", file=sys.stderr)  # fmt: skip
+        rng = np.random.default_rng(0)
+        inputs = {}
+        for i in specs:
+            t = i.type.tensor_type
+            shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 8 for d in t.shape.dim]
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)
+            inputs[i.name] = (
+                rng.random(shape).astype(dtype) if np.issubdtype(dtype, np.floating) else np.ones(shape, dtype)
+            )
+    report = cross_runtime(args.dir, inputs)
+    print(report.format())
+    ok = report.ok(args.max_lsb)
+    worst = report.max_lsb
+    verdict = "agree" if ok else "DISAGREE"
+    print(f"ORT and OpenVINO {verdict}: worst output {'-' if worst is None else f'{worst:.3f}'} LSB "
+          f"(limit {args.max_lsb:g})")  # fmt: skip
+    return EXIT_OK if ok else EXIT_DIFFERENT
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from quantir.tools.demo import run_demo
 
@@ -154,13 +199,24 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="quantize a model for a target runtime, verify it and report")
     p.add_argument("model", help="an .onnx or .qir file")
     p.add_argument("--to", default="onnx-qdq", help="target: onnx-qdq, openvino or all (default: onnx-qdq)")
-    p.add_argument("--calib", required=True, help=".npz of calibration arrays keyed by input name (axis 0 = samples)")
+    p.add_argument("--calib", required=False,
+                   help=".npz of calibration arrays keyed by input name (axis 0 = samples); "
+                   "not needed for a model that already contains QuantizeLinear/DequantizeLinear")  # fmt: skip
+    p.add_argument("--requantize-weights", action="store_true",
+                   help="requantize an already-quantized model's weights for the target's int8 rules")  # fmt: skip
     p.add_argument("--config", help="a StaticQuantConfig as YAML or JSON")
     p.add_argument("--sampling-size", type=int, help="calibration samples to use (default: the config's, 100)")
     p.add_argument("-o", "--output", required=True, help="the artifact folder to write")
     p.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass (stderr)")
     p.add_argument("--print-ir-after-change", action="store_true", help="print the IR after passes that change it")
     p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("verify", help="run a `convert --to all` folder in ORT and OpenVINO; max disagreement in LSB")
+    p.add_argument("dir", help="a `quantir convert --to all` output folder, or one artifact inside it")
+    p.add_argument("--calib", help=".npz of input arrays keyed by input name (default: random inputs, warned)")
+    p.add_argument("--samples", type=int, default=256, help="use the first N samples of --calib (default 256)")
+    p.add_argument("--max-lsb", type=float, default=1.0, help="exit 1 above this many LSB (default 1)")
+    p.set_defaults(func=_cmd_verify_artifacts)
 
     p = sub.add_parser("demo", help="run the bundled example end to end and print what it measured")
     p.add_argument("--workdir", help="where to write artifacts (default: a temporary directory)")

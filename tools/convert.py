@@ -1,5 +1,9 @@
 """`quantir convert`: quantize a model for a target and print what was decided and measured.
 
+A model that already contains QuantizeLinear/DequantizeLinear (e.g. from onnxruntime's quantize_static) is
+retargeted instead: no calibration, the source's scales, and a note wherever the target's rules differ (with
+`--requantize-weights` to requantize the weights for the target).
+
 Prints the per-reason summary of ops quantized vs float, the int8 kernel coverage the runtime really achieved,
 and the agreement of the artifact's outputs with the float model's on the calibration data.
 """
@@ -21,7 +25,7 @@ from quantir.compiler.config import StaticQuantConfig, load_config
 from quantir.compiler.quantized_model import BACKENDS, QuantizedModel
 from quantir.ir import QuantirError
 
-__all__ = ["agreement", "run_convert", "summarize"]
+__all__ = ["agreement", "run_convert", "run_retarget", "summarize"]
 
 
 def summarize(model: QuantizedModel) -> str:
@@ -88,12 +92,97 @@ _VERIFY = {"onnx_qdq": _verify_onnx_qdq, "openvino": _verify_openvino}
 """Per target: load the artifact in its runtime; the report has `coverage_text()` and `run(batch)`."""
 
 
+def _has_qdq(model: str) -> bool:
+    """Whether `model` is an ONNX file that already contains QuantizeLinear/DequantizeLinear nodes."""
+    if Path(model).suffix != ".onnx" or not Path(model).is_file():
+        return False  # the float path reports a missing model
+    from quantir.frontends.onnx.importer import load_model_proto
+
+    proto = load_model_proto(model)
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node)
+
+
+def _probe_feed(model: QuantizedModel) -> dict[str, np.ndarray]:
+    """A batch of one for models converted without calibration data (kernel coverage needs only shapes)."""
+    from quantir.ir import TensorType
+
+    feed = {}
+    rng = np.random.default_rng(0)
+    for v in model.ir.inputs:
+        assert isinstance(v.type, TensorType) and v.type.shape is not None and v.dtype is not None
+        shape = tuple(d if isinstance(d, int) else 1 for d in v.type.shape)
+        feed[v.name] = rng.random(shape).astype(v.dtype.storage)
+    return feed
+
+
+def run_retarget(args: argparse.Namespace, targets: list[str]) -> int:
+    """Convert an already-quantized (QDQ) model: no calibration; print where each target's rules differ from the
+    source's and, with `--requantize-weights`, requantize the weights for the target."""
+    from quantir.compiler.retarget import from_quantized, requantize, target_differences
+    from quantir.compiler.targets import target
+    from quantir.frontends.onnx import import_onnx
+    from quantir.ir.clone import clone_graph
+
+    t0 = time.perf_counter()
+    source = import_onnx(args.model)  # inconsistent Q/DQ parameters fail here, before anything is written
+    fix = bool(getattr(args, "requantize_weights", False))
+    models: list[QuantizedModel] = []
+    for t in targets:
+        graph = clone_graph(source)[0]
+        diffs = target_differences(graph, t)
+        if diffs:
+            print(f"{t}: where {target(t).runtime}'s int8 rules differ from the source model's:")
+            for line in diffs:
+                print(f"  {line}")
+            if fix:
+                for line in requantize(graph, t):
+                    print(f"  requantized {line}")
+            else:
+                print(f"  to requantize the weights for {t} (activations keep the source's scales), rerun with "
+                      "--requantize-weights")  # fmt: skip
+        models.append(from_quantized(graph, t, source=f"Q/DQ parameters of {args.model}"))
+    out = Path(args.output)
+    if len(targets) > 1:
+        out.mkdir(parents=True, exist_ok=True)
+    written = [m.save(out if len(targets) == 1 else out / t, backend=t) for m, t in zip(models, targets, strict=True)]
+    print(f"retargeted {args.model} (already quantized: no calibration) in {time.perf_counter() - t0:.2f} s")
+    for t, m, path in zip(targets, models, written, strict=True):
+        print(summarize(m))
+        for note in m.ctx.notes:
+            print(f"  note: {note}")
+        size = args.sampling_size or 100
+        feed = next(_batches(args.calib, m, size)) if args.calib else _probe_feed(m)
+        report = _VERIFY[t](path, feed)
+        print(f"{t}: {path}")
+        print(f"  int8 kernel coverage: {report.coverage_text()}")
+        if args.calib:
+            sess = _float_session(Path(args.model))
+            names = [o.name for o in sess.get_outputs()]
+            src_out = [sess.run(None, b) for b in _batches(args.calib, m, size)]
+            got = [report.run(b) for b in _batches(args.calib, m, size)]
+            print("  agreement with the source QDQ model (ONNX Runtime) on the calibration data:")
+            merged = [np.concatenate([o[i] for o in src_out]) for i in range(len(names))]
+            mine = [np.concatenate([o[i] for o in got]) for i in range(len(names))]
+            for line in agreement(merged, mine, names):
+                print("  " + line)
+    return 0
+
+
 def run_convert(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config) if args.config else StaticQuantConfig()
-    size = args.sampling_size or cfg.calibration_sampling_size
     key = args.to.replace("-", "_")
     if key not in (*BACKENDS, "all"):
         raise QuantirError(f"--to {args.to}: unknown target; expected onnx-qdq, openvino or all")
+    if _has_qdq(args.model):
+        return run_retarget(args, list(BACKENDS) if key == "all" else [key])
+    if not args.calib:
+        raise QuantirError(
+            f"{args.model} is a float model: quantizing it needs calibration data (--calib FILE.npz); only a model "
+            "that already contains QuantizeLinear/DequantizeLinear converts without it"
+        )
+    if getattr(args, "requantize_weights", False):
+        raise QuantirError("--requantize-weights applies to an already-quantized (QDQ) model only")
+    cfg = load_config(args.config) if args.config else StaticQuantConfig()
+    size = args.sampling_size or cfg.calibration_sampling_size
     targets = list(BACKENDS) if key == "all" else [key]
     t0 = time.perf_counter()
     mode = "all" if args.print_ir_after_all else "change" if args.print_ir_after_change else None

@@ -33,6 +33,7 @@ import onnx.inliner
 from quantir.frontends.onnx.attributes import convert_attribute, describe_node
 from quantir.frontends.onnx.fold import Folded, fold
 from quantir.frontends.onnx.provenance import source_of
+from quantir.frontends.onnx.qdq_import import raise_qdq
 from quantir.frontends.onnx.shapes import infer_value_types, required_type
 from quantir.frontends.onnx.tensors import decode_tensor
 from quantir.ir import (
@@ -68,12 +69,16 @@ def load_model_proto(path: str | os.PathLike[str]) -> onnx.ModelProto:
 
 
 def import_onnx(
-    model: str | os.PathLike[str] | onnx.ModelProto, *, base_dir: str | os.PathLike[str] | None = None
+    model: str | os.PathLike[str] | onnx.ModelProto,
+    *,
+    base_dir: str | os.PathLike[str] | None = None,
+    qdq: bool = True,
 ) -> Graph:
     """Import `model` into a verified IR graph.
 
     `base_dir` is the folder external-data locations are relative to; it defaults to the model file's folder,
-    and must be given for a `ModelProto` that has external data.
+    and must be given for a `ModelProto` that has external data. With `qdq` (the default), QuantizeLinear/
+    DequantizeLinear patterns become quant types on values (see `qdq_import`); `qdq=False` keeps them as ops.
     """
     if isinstance(model, onnx.ModelProto):
         proto = model
@@ -88,6 +93,8 @@ def import_onnx(
     _check_opsets(proto)
     try:
         graph = _Builder(proto, infer_value_types(proto), base).build()
+        if qdq:
+            raise_qdq(graph)
         verify(graph)
     except (IRError, VerifyError) as e:
         raise FrontendError(f"ONNX graph {proto.graph.name!r} does not form a valid IR graph: {e}") from e

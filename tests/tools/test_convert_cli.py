@@ -19,6 +19,7 @@ from quantir.tools.digits import bundled_model_path, load_digits_split
 
 MODEL = str(bundled_model_path())
 DEFAULT_REASON = "global config -> weights int8 sym per_channel minmax, activations uint8 asym per_tensor minmax"
+RELU_QUANTIZER = "; the Relu/Clip after it carries the output quantizer"
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def test_convert_prints_summary_coverage_and_agreement(
     assert sum(n for kind, n, _ in rows if kind == "int8") == 9
     assert sum(n for kind, n, _ in rows if kind == "float") == 4
     assert all(reason.strip() for _, _, reason in rows)  # every group, float ones included, has a reason
-    assert ("int8", 3, DEFAULT_REASON) in rows
+    assert ("int8", 3, DEFAULT_REASON + RELU_QUANTIZER) in rows  # conv1, conv2, fc1: one quantizer after the Relu
     assert ("float", 1, "Shape has no integer kernel in ONNX Runtime") in rows
     assert f"onnx_qdq: {out_dir.absolute()}" in lines
     assert "  int8 kernel coverage: 100% (4/4 Conv/MatMul/Gemm)" in lines
@@ -99,7 +100,7 @@ def test_config_file_fallback_shows_fc1_float(tmp_path: Path, npz: Path, capsys:
     assert "ops: 7 quantized, 6 float" in out.splitlines()
     rows = _summary(out)
     assert ("float", 1, "set_local('fc1') -> fp32 (fallback)") in rows
-    assert ("int8", 2, DEFAULT_REASON) in rows  # conv1 and conv2 (fc2's reason adds its float output)
+    assert ("int8", 2, DEFAULT_REASON + RELU_QUANTIZER) in rows  # conv1 and conv2 (fc2's reason: float output)
     assert "  int8 kernel coverage: 100% (3/3 Conv/MatMul/Gemm)" in out.splitlines()
     decisions = json.loads((out_dir / "quantir.json").read_text())["decisions"]
     by_module = {d["module"]: d["quantized"] for d in decisions if d["op_type"] in ("Conv", "Gemm")}
