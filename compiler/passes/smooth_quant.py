@@ -122,12 +122,21 @@ class SmoothQuant:
             else:
                 copy = graph.add_constant(graph.fresh_name(f"{w.name}.smoothed"), new_w, quant=w.quant)
                 node.set_input(1, copy)
-        if not isinstance(x.quant, QuantSpec) or not _quantized_readers(x, mul):
+        if not (_quantized_readers(x, mul) or _is_kernel_output_quantizer(x)):
             x.quant = None
         ranges[smoothed.name] = (np.asarray(np.min(lo / s), np.float32), np.asarray(np.max(hi / s), np.float32))
         record(ctx.data, mul, False, f"SmoothQuant (alpha={self.alpha:g}): scales %{x.name} per channel so the "
                f"{len(readers)} MatMul/Gemm reading it quantize with less outlier loss")  # fmt: skip
         return True
+
+
+def _is_kernel_output_quantizer(x: Value) -> bool:
+    """x is a Relu/Clip output whose quantizer is also the output quantizer of the int8 kernel before it."""
+    act = x.producer
+    src = act.inputs[0] if act is not None and act.inputs else None
+    if act is None or act.op_type not in ("Relu", "Clip") or src is None or src.producer is None or src.quant:
+        return False
+    return any(isinstance(i.quant, QuantSpec) for i in src.producer.inputs if i is not None)
 
 
 def _quantized_readers(x: Value, smoothing: Node) -> bool:

@@ -286,3 +286,15 @@ def test_fallback_op_runs_as_a_float_kernel_in_ort(build, module: str, digits: D
     report = verify_onnx_qdq(out, {"x": digits.test_x[:64]})
     assert kernels[name] in ("Conv", "FusedConv", "Gemm"), f"the fp32 fallback {module} runs as {kernels[name]}"
     assert report.unmatched_kernels == []
+
+
+def test_smooth_quant_keeps_every_kernel_fused(digits: DigitsSplit, tmp_path: Path) -> None:
+    """Smoothing fc2's input must not take away the quantizer after fc1's Relu, which fc1's QGemm needs."""
+    cfg = StaticQuantConfig(smooth_quant=True, smooth_quant_alpha=0.95, calibration_sampling_size=256)
+    prepared = prepare(str(bundled_model_path()), cfg)
+    prepared.calibrate([digits.calib_x[i : i + 32] for i in range(0, 256, 32)])
+    model = convert(prepared)
+    report = verify_onnx_qdq(model.save(tmp_path / "sq"), {"x": digits.calib_x[:32]})
+    assert report.coverage == 1.0 and report.ok, report.format()
+    acc = float(np.mean(model(digits.test_x).argmax(1) == digits.test_y))
+    assert acc >= 0.99
