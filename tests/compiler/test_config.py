@@ -371,7 +371,8 @@ def test_2x_merge_that_breaks_a_cross_field_rule_names_the_op() -> None:
 
 
 def test_torch_type_key_and_class_name_string_match_module_type() -> None:
-    torch = pytest.importorskip("torch")
+    import torch
+
     by_class = resolve(StaticQuantConfig().set_local(torch.nn.Linear, fp32()))
     by_name = resolve(StaticQuantConfig().set_local("Linear", fp32()))
     for r in (by_class, by_name):
@@ -505,7 +506,8 @@ def test_file_round_trip(tmp_path: Path, suffix: str) -> None:
 
 
 def test_torch_type_key_round_trips_as_the_same_type(tmp_path: Path) -> None:
-    torch = pytest.importorskip("torch")
+    import torch
+
     cfg = StaticQuantConfig().set_local(torch.nn.Linear, fp32())
     save_config(cfg, tmp_path / "cfg.yaml")
     loaded = load_config(tmp_path / "cfg.yaml")
