@@ -8,6 +8,7 @@ streamed to an external file by `save_model`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from importlib import metadata
 from typing import Any
@@ -142,6 +143,7 @@ def _ir_version(graph: Graph, opsets: dict[str, int]) -> int:
     return max(graph.ir_version, needed, 4 if graph.constants else 3)
 
 
+@functools.cache
 def _producer_version() -> str:
     try:
         return metadata.version("quantir")

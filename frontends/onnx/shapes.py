@@ -81,11 +81,22 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
+def _fully_typed(model: onnx.ModelProto) -> bool:
+    """Every node output (but Constants', typed by their value) already has a type in the model."""
+    g = model.graph
+    typed = {v.name for v in (*g.value_info, *g.output, *g.input) if v.type.HasField("tensor_type")}
+    typed |= {t.name for t in g.initializer}
+    return all(o in typed for n in g.node if n.op_type != "Constant" for o in n.output if o)
+
+
 def infer_value_types(model: onnx.ModelProto) -> dict[str, ValueType]:
-    """Types of every value ONNX shape inference can type, by name (empty if inference fails outright)."""
-    skeleton = _skeleton(model)
-    inferred: onnx.ModelProto | None = None
-    for strict in (True, False):
+    """Types of every value ONNX shape inference can type, by name (empty if inference fails outright).
+
+    A model whose exporter already typed every value (the torch exporter does) is read as typed, skipping inference.
+    """
+    skeleton = model if _fully_typed(model) else _skeleton(model)
+    inferred: onnx.ModelProto | None = skeleton if skeleton is model else None
+    for strict in (True, False) if inferred is None else ():
         try:
             inferred = onnx.shape_inference.infer_shapes(
                 skeleton, check_type=strict, strict_mode=strict, data_prop=True
