@@ -459,7 +459,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tools", default=",".join(TOOLS), help=f"comma-separated: {', '.join(TOOLS)} (default all)")
     parser.add_argument("--calib-factor", type=int, default=4, help="repeat the calibration set N times (peak RSS)")
     parser.add_argument(
-        "--repeat", type=int, default=5, help="conversions per tool on the digits CNN (tens of ms each): median reported"
+        "--repeat",
+        type=int,
+        default=5,
+        help="conversions per tool on the digits CNN (tens of ms each): median reported",
     )
     parser.add_argument("--out", help="write the results as JSON to this file")
     parser.add_argument("--workdir", help="keep the quantized models here (default: a temporary directory)")
