@@ -32,7 +32,17 @@ _LEGALIZE: dict[str, Callable[[Graph], Any]] = {
 }
 """Per backend: the pass that keeps only what its runtime runs in low precision (mutates a clone, returns a report
 whose `nodes` rows follow the graph's nodes)."""
-_EMIT: dict[str, Callable[..., Path]] = {"onnx_qdq": onnx_qdq.emit, "openvino": openvino.emit}
+
+
+def _emit_openvino(*args: Any, **kwargs: Any) -> Path:
+    """OpenVINO's emitter, imported on first use (the `openvino` package is slow to import)."""
+    from quantir.backends.openvino.emit import emit
+
+    path: Path = emit(*args, **kwargs)
+    return path
+
+
+_EMIT: dict[str, Callable[..., Path]] = {"onnx_qdq": onnx_qdq.emit, "openvino": _emit_openvino}
 """Per backend: `emit(graph, path, *, manifest)`, which writes the artifact folder atomically."""
 BACKENDS = tuple(_LEGALIZE)
 

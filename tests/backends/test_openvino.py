@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantir.backends.openvino import emit, legalize_for_openvino
+from quantir.backends.openvino import legalize_for_openvino
+from quantir.backends.openvino.emit import emit
 from quantir.compiler.api import convert, prepare
 from quantir.compiler.config import StaticQuantConfig
 from quantir.compiler.qparams import Convention
