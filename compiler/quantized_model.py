@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from quantir.backends import onnx_qdq, openvino
+from quantir.backends.onnx_proto import ort_session
 from quantir.compiler.calib_data import validate_batch
 from quantir.compiler.config import StaticQuantConfig
 from quantir.compiler.decisions import OpDecision, decisions_of
@@ -116,14 +117,10 @@ class QuantizedModel:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self._session is None:
-            import onnxruntime as ort
-
             self._tmp = tempfile.mkdtemp(prefix="quantir-model-")
             weakref.finalize(self, shutil.rmtree, self._tmp, True)
             artifact = self.save(Path(self._tmp) / "artifact")
-            opts = ort.SessionOptions()
-            opts.log_severity_level = 3
-            self._session = ort.InferenceSession(str(artifact / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+            self._session = ort_session(artifact / "model.onnx")
         item: Any = kwargs if kwargs else (args[0] if len(args) == 1 else tuple(args))
         feed = validate_batch(item, self.ir)
         outputs = self._session.run(None, feed)

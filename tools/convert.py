@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from quantir.backends.onnx_proto import ort_session
 from quantir.compiler.api import convert, prepare
 from quantir.compiler.calib_data import feeds
 from quantir.compiler.config import StaticQuantConfig, load_config
@@ -62,18 +63,14 @@ def _float_session(source: Path) -> Any:
     """An ORT session of the float model (a .qir is emitted to a temporary file, removed once loaded)."""
     import tempfile
 
-    import onnxruntime as ort
-
     from quantir.compiler.model_io import export_onnx, load_graph
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
     if source.suffix == ".onnx":
-        return ort.InferenceSession(str(source), opts, providers=["CPUExecutionProvider"])
+        return ort_session(source)
     with tempfile.TemporaryDirectory(prefix="quantir-float-") as tmp:
         path = Path(tmp) / "float.onnx"
         export_onnx(load_graph(source), path)
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return ort_session(path)
 
 
 def _verify_onnx_qdq(path: Path, feed: dict[str, np.ndarray]) -> Any:

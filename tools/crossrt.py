@@ -188,16 +188,10 @@ def _float_output_steps(model_path: Path) -> dict[str, tuple[float, str]]:
     return steps
 
 
-def _ort_run(path: Path, inputs: dict[str, np.ndarray], *, optimize: bool = True) -> dict[str, np.ndarray]:
-    import onnxruntime as ort
+def _ort_run(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    from quantir.backends.onnx_proto import ort_session, run_all
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if not optimize:
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(os.fspath(path), so, providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, (np.asarray(a) for a in sess.run(names, inputs)), strict=True))
+    return run_all(ort_session(path), inputs)
 
 
 def cross_runtime(path: str | os.PathLike[str], inputs: dict[str, np.ndarray]) -> CrossRuntimeReport:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from quantir.backends.onnx_proto import ort_session
 from quantir.compiler.api import convert, prepare
 from quantir.compiler.config import StaticQuantConfig
 from quantir.compiler.model_io import load_graph
@@ -26,12 +27,7 @@ __all__ = ["run_demo"]
 
 
 def _session(path: Path) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort_session(path, threads=1)
 
 
 def _median_latency_ms(sess: Any, x: np.ndarray, repeats: int = 50) -> float:

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort  # type: ignore[import-untyped]  # ships no type information
 import openvino as ov
 
+from quantir.backends.onnx_proto import ort_session, run_all
 from quantir.backends.onnx_proto.artifact import read_manifest
 from quantir.backends.openvino.capabilities import COVERAGE_LAYERS, is_int8_primitive
 from quantir.backends.openvino.emit import MODEL_FILE, REFERENCE_FILE
@@ -116,14 +116,6 @@ def _owner(rows: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
     return None
 
 
-def _reference(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(os.fspath(path), so, providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, inputs)))
-
-
 def verify_openvino(
     artifact_dir: str | os.PathLike[str], inputs: dict[str, np.ndarray], *, max_lsb: float = 1.0, max_rel: float = 2e-2
 ) -> OVVerifyReport:
@@ -150,7 +142,7 @@ def verify_openvino(
                                       row.get("precision", ""), row.get("primitive", "")))  # fmt: skip
     if report.nodes:
         report.coverage = sum(r.int8 for r in report.nodes) / len(report.nodes)
-    ref = _reference(folder / manifest.get("reference", REFERENCE_FILE), inputs)
+    ref = run_all(ort_session(folder / manifest.get("reference", REFERENCE_FILE), level="none"), inputs)
     got = compiled(inputs)
     infos = manifest.get("outputs", {})
     for port in compiled.outputs:

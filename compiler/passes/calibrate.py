@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import onnxruntime as ort
 
-from quantir.backends.onnx_proto import PROTO_LIMIT, emit_model, save_model
+from quantir.backends.onnx_proto import PROTO_LIMIT, emit_model, ort_session, save_model
 from quantir.compiler.calib_data import feeds
 from quantir.compiler.observers import MinMaxObserver, Observer, make_observer
 from quantir.compiler.pass_manager import PassContext, PassResult, register_pass
@@ -61,20 +60,15 @@ class Calibrator:
             v.quant = None
         self.output_names = [v.name for v in graph.outputs]
         model_graph.outputs = list(dict.fromkeys([*model_graph.outputs, *(vmap[v] for v in values)]))
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
         # Basic optimizations only: extended fusions could swallow the exposed intermediate tensors.
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         if sum(v.const.nbytes for v in model_graph.constants.values() if v.const is not None) < PROTO_LIMIT:
             # Small enough for one protobuf: build the session from memory, no temporary file.
-            self.session = ort.InferenceSession(
-                emit_model(model_graph).SerializeToString(), opts, providers=["CPUExecutionProvider"]
-            )
+            self.session = ort_session(emit_model(model_graph).SerializeToString(), level="basic")
         else:
             with tempfile.TemporaryDirectory(prefix="quantir-calib-") as tmp:
                 path = Path(tmp) / "calibration.onnx"
                 save_model(model_graph, path)
-                self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+                self.session = ort_session(path, level="basic")
         self.fetch = list(dict.fromkeys([*self.output_names, *self.observers, *self.channel_observers]))
 
     def observe(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -20,22 +20,14 @@ from onnx import numpy_helper
 from quantir.backends.openvino.verify import verify_openvino
 from quantir.compiler.retarget import from_quantized, requantize, target_differences
 from quantir.frontends.onnx import import_onnx
-from quantir.tools.digits import bundled_model_path, load_digits_split
-from quantir.tools.ort_baseline import ort_quantize_static
-
-
-def ort_quantize(out: Path, *, per_channel: bool) -> Path:
-    """The digits CNN through onnxruntime's quantize_static, calibrated one image at a time."""
-    calib = load_digits_split().calib_x
-    ort_quantize_static(bundled_model_path(), out, ({"x": calib[i : i + 1]} for i in range(len(calib))),
-                        per_channel=per_channel)  # fmt: skip
-    return out
+from quantir.tools.digits import load_digits_split
+from quantir.tools.ort_baseline import ort_quantize_digits
 
 
 @pytest.fixture(scope="module")
 def ort_models(tmp_path_factory: pytest.TempPathFactory) -> dict[bool, Path]:
     d = tmp_path_factory.mktemp("retarget")
-    return {pc: ort_quantize(d / f"ort_pc{int(pc)}.onnx", per_channel=pc) for pc in (True, False)}
+    return {pc: Path(ort_quantize_digits(d / f"ort_pc{int(pc)}.onnx", per_channel=pc)) for pc in (True, False)}
 
 
 def _output_lsb(path: Path) -> float:

@@ -15,24 +15,15 @@ from quantir.frontends.onnx.qdq_import import QDQParameterError
 from quantir.ir import DType, GranularityKind, QuantType, UnsupportedOpError, verify
 from quantir.ir.quant_math import quantize
 from quantir.tools.digits import bundled_model_path, load_digits_split
-from quantir.tools.ort_baseline import ort_quantize_static
+from quantir.tools.ort_baseline import ort_quantize_digits
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-
-
-def ort_quantize(out: Path, *, per_channel: bool) -> Path:
-    """The digits CNN through onnxruntime's quantize_static, calibrated one image at a time."""
-    calib = load_digits_split().calib_x
-    name = onnx.load(str(bundled_model_path()), load_external_data=False).graph.input[0].name
-    ort_quantize_static(bundled_model_path(), out, ({name: calib[i : i + 1]} for i in range(len(calib))),
-                        per_channel=per_channel)  # fmt: skip
-    return out
 
 
 @pytest.fixture(scope="module")
 def ort_models(tmp_path_factory: pytest.TempPathFactory) -> dict[bool, Path]:
     d = tmp_path_factory.mktemp("ortqdq")
-    return {pc: ort_quantize(d / f"ort_pc{int(pc)}.onnx", per_channel=pc) for pc in (True, False)}
+    return {pc: Path(ort_quantize_digits(d / f"ort_pc{int(pc)}.onnx", per_channel=pc)) for pc in (True, False)}
 
 
 def _run(path: Path | str, x: np.ndarray, *, optimize: bool = True) -> np.ndarray:

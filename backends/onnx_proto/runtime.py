@@ -1,0 +1,40 @@
+"""ONNX Runtime sessions on the CPU, made one way everywhere: calibration, the callable quantized model, the
+reference (unoptimized) runs of verification, and the tools.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+import numpy as np
+import onnxruntime as ort
+
+__all__ = ["ort_session", "run_all"]
+
+OptLevel = Literal["none", "basic", "extended", "all"]
+
+_LEVELS = {
+    "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def ort_session(model: str | os.PathLike[str] | bytes, *, level: OptLevel = "all", threads: int | None = None) -> Any:
+    """A quiet CPU session of `model` (a path or serialized bytes); `level="none"` runs the graph as written (for a
+    QDQ model: the IR's fake-quant semantics, Q/DQ executed as float kernels)."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = _LEVELS[level]
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+    source = model if isinstance(model, bytes) else os.fspath(model)
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+
+
+def run_all(session: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every output of `session` on `inputs`, by name."""
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, (np.asarray(a) for a in session.run(names, inputs)), strict=True))
