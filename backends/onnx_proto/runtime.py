@@ -8,26 +8,27 @@ import os
 from typing import Any, Literal
 
 import numpy as np
-import onnxruntime as ort
 
 __all__ = ["ort_session", "run_all"]
 
 OptLevel = Literal["none", "basic", "extended", "all"]
 
 _LEVELS = {
-    "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    "none": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
 }
 
 
 def ort_session(model: str | os.PathLike[str] | bytes, *, level: OptLevel = "all", threads: int | None = None) -> Any:
     """A quiet CPU session of `model` (a path or serialized bytes); `level="none"` runs the graph as written (for a
     QDQ model: the IR's fake-quant semantics, Q/DQ executed as float kernels)."""
+    import onnxruntime as ort  # loaded on first use: the IR tools that only read and write models never need it
+
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    opts.graph_optimization_level = _LEVELS[level]
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
     if threads is not None:
         opts.intra_op_num_threads = threads
     source = model if isinstance(model, bytes) else os.fspath(model)
