@@ -10,7 +10,7 @@ from pathlib import Path
 
 from quantir.backends.onnx_proto import save_model
 from quantir.frontends.onnx import import_onnx
-from quantir.ir import Graph, QuantirError, textio
+from quantir.ir import Graph, QuantirError
 
 __all__ = ["export_onnx", "load_graph"]
 
@@ -26,6 +26,8 @@ def load_graph(path: str | os.PathLike[str]) -> Graph:
         raise QuantirError(f"{p} is a directory; expected a model file ({', '.join(_SUFFIXES)})")
     suffix = p.suffix.lower()
     if suffix == ".qir":
+        from quantir.ir import textio  # the text reader (lark) loads only when a .qir file is read
+
         return textio.load(p)
     if suffix == ".onnx":
         return import_onnx(p)

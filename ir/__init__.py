@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from quantir.ir.core import Attr, AttrKind, Graph, Node, SourceInfo, Usage, Value
 from quantir.ir.dtypes import DType
 from quantir.ir.equality import first_difference, structurally_equal
@@ -18,7 +20,6 @@ from quantir.ir.errors import (
     UseListError,
     VerifyError,
 )
-from quantir.ir.parser import parse
 from quantir.ir.printer import format_context, print_graph
 from quantir.ir.tensor import ExternalData, Tensor
 from quantir.ir.textio import load, save
@@ -34,6 +35,21 @@ from quantir.ir.types import (
     TensorType,
 )
 from quantir.ir.verify import verify
+
+if TYPE_CHECKING:
+    from quantir.ir.parser import parse
+
+_LAZY = {"parse": "quantir.ir.parser"}
+"""The text reader loads lark (~50 ms of imports); compilation never needs it, so it is imported on first use."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'quantir.ir' has no attribute {name!r}")
+
 
 __all__ = [
     "Attr", "AttrKind", "ConfigError", "DType", "ExternalData", "FrontendError", "Graph", "Granularity",

@@ -10,7 +10,6 @@ from pathlib import Path
 from quantir.ir.atomic import atomic_binary_file
 from quantir.ir.core import AttrKind, Graph
 from quantir.ir.errors import SerializationError
-from quantir.ir.parser import parse
 from quantir.ir.printer import DEFAULT_INLINE_LIMIT, print_graph_with_tensors
 from quantir.ir.sidecar import read_safetensors, write_safetensors
 from quantir.ir.tensor import Tensor
@@ -54,6 +53,8 @@ def load(path: str | os.PathLike[str]) -> Graph:
         raise SerializationError(f"cannot read {target}: {e}") from e
     side = sidecar_path(target)
     tensors = read_safetensors(side) if side.exists() else {}
+    from quantir.ir.parser import parse  # lark loads only when text is read
+
     return parse(text, tensors=tensors, filename=str(target))
 
 

@@ -8,6 +8,7 @@ Run `python -m quantir.tools.bench [--models digits,minilm] [--calib-factor N] [
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -16,37 +17,37 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from quantir.backends.onnx_proto.runtime import ort_session
 from quantir.ir import ConfigError
+from quantir.tools.bench_child import DIGITS_BATCH, MINILM_BATCH, MINILM_SEQ, OV_TOOLS, SMOOTH_ALPHA
 
 __all__ = ["add_arguments", "main"]
 
 MODELS = ("digits", "minilm")
 TOOLS = ("ort", "quantir", "quantir-sq", "nncf", "quantir-ov", "quantir-sq-ov")
-OV_TOOLS = ("nncf", "quantir-ov", "quantir-sq-ov")
-"""Tools whose artifact is an OpenVINO IR, measured in OpenVINO (CPU plugin) rather than ORT."""
-SMOOTH_ALPHA = 0.95
-"""quantir-sq: SmoothQuant with NNCF's published transformer alpha (not tuned on the held-out data)."""
 HEAVY_OPS = ("Conv", "MatMul", "Gemm")
 INT8_KERNELS = ("QLinearConv", "QLinearMatMul", "QGemm", "MatMulIntegerToFloat", "ConvInteger", "MatMulInteger")
-DIGITS_BATCH, MINILM_BATCH, MINILM_SEQ = 32, 16, 128
 LATENCY_RUNS = {"digits": {1: 300, 32: 100}, "minilm": {1: 50, 32: 10}}
 METHOD = f"""\
-Method. Each conversion runs in its own child process. `conv s`: wall time of the conversion call(s) in the child
-(model import, calibration, emission, save; library imports excluded); `process s`: the whole child, interpreter
-start and imports included; `peak MB`: the child's VmHWM. `xFP32 pass`: conv s over one FP32 ORT pass over the same
-calibration batches (the physical floor, its own child, after one warm-up batch).
+Method. Each conversion runs in its own child process (quantir byte-compiled first, as a regular install is). `conv
+s`: wall time of the conversion call(s) in the child (model import, calibration, emission, save; library imports
+excluded); `import + conv s`: the tool's own imports (after numpy and the data, which every child loads first) plus
+the call, i.e. the first conversion in a fresh process, where one-time library initialization falls wherever each
+tool puts it; `process s`: the whole child, interpreter start and imports included; `peak MB`: the child's VmHWM.
+`xFP32 pass`: conv s over one FP32 ORT pass over the same calibration batches (the physical floor, its own child,
+after one warm-up batch).
 ORT: `quant_pre_process` (its documented pre-processing: shape inference, basic optimizations, BN folding; its
-symbolic shape inference fails on the exporter's Constant(value_ints) nodes, so it is retried with
-skip_symbolic_shape=True) then `quantize_static(QDQ, per_channel=True, MinMax, QUInt8 activations, QInt8 weights)`;
-conv s includes the pre-processing. ORT 1.32's signature default is QInt8 activations; QUInt8/QInt8 is its
-documented x86 recommendation and quantir's default. quantir: `quantize(path, StaticQuantConfig(
-calibration_sampling_size=<samples>), batches).save(dir)`, everything else default.
+symbolic shape inference fails on the exporter's Constant(value_ints) nodes, so where a probe in the parent sees
+that, the child calls it with skip_symbolic_shape=True) then `quantize_static(QDQ, per_channel=True, MinMax,
+QUInt8 activations, QInt8 weights)`; conv s includes the pre-processing. ORT 1.32's signature default is QInt8
+activations; QUInt8/QInt8 is its documented x86 recommendation and quantir's default. quantir: `quantize(path,
+StaticQuantConfig(calibration_sampling_size=<samples>), batches).save(dir)`, everything else default.
 Calibration: digits 256 images in batches of {DIGITS_BATCH}; MiniLM the first 100 sentences in batches of
 {MINILM_BATCH}, each padded to its longest; `peak MB x<N> calib` repeats the calibration set N times.
 Latency: median of ORT CPU runs (default threads, 3 warm-ups), {LATENCY_RUNS} runs by model and batch size,
@@ -66,7 +67,7 @@ Accuracy: digits top-1 on the 597 held-out images; MiniLM mean cosine of sentenc
 held-out sentences (lines 101+ of tools/data/sentences.txt)."""
 
 
-# ---- workloads: the same data for every tool, rebuilt identically in each child -----------------------------------
+# ---- workloads: the same data for every tool -------------------------------------------------------------------
 
 
 def _source_model(name: str) -> Path:
@@ -79,111 +80,16 @@ def _source_model(name: str) -> Path:
     return export_minilm()
 
 
-def _calib_batches(name: str, factor: int = 1) -> tuple[Callable[[], Iterator[dict[str, np.ndarray]]], int]:
-    """A factory of calibration batch streams (nothing is buffered) and the number of samples it yields."""
-    if name == "digits":
-        from quantir.tools.digits import load_digits_split
-
-        x = load_digits_split().calib_x
-
-        def digits() -> Iterator[dict[str, np.ndarray]]:
-            for _ in range(factor):
-                for i in range(0, len(x), DIGITS_BATCH):
-                    yield {"x": x[i : i + DIGITS_BATCH]}
-
-        return digits, len(x) * factor
-    from quantir.tools.minilm import CALIBRATION_COUNT, load_sentences, tokenize
-
-    sentences = load_sentences()[:CALIBRATION_COUNT] * factor
-
-    def minilm() -> Iterator[dict[str, np.ndarray]]:
-        for i in range(0, len(sentences), MINILM_BATCH):
-            yield tokenize(sentences[i : i + MINILM_BATCH], MINILM_SEQ)
-
-    return minilm, len(sentences)
-
-
-# ---- the child process: one conversion (or the FP32 floor), measured in isolation -----------------------------------
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak RSS. VmHWM belongs to the current address space; on Linux ru_maxrss (and the parent's
-    RUSAGE_CHILDREN) keeps the parent's RSS across fork+exec (a 10 MB child of a 263 MB parent reads 263 MB)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _child(spec: dict[str, Any]) -> dict[str, Any]:
-    tool, src, out_dir = spec["tool"], spec["source"], Path(spec["out_dir"])
-    stream, samples = _calib_batches(spec["model"], spec["factor"])
-    result: dict[str, Any] = {"samples": samples}
-    if tool == "fp32":
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
-        session.run(None, next(stream()))  # warm-up: the floor is the steady-state pass
-        start = time.perf_counter()
-        for feed in stream():
-            session.run(None, feed)
-    elif tool == "ort":
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-
-        from quantir.tools.ort_baseline import ort_quantize_static
-
-        pre = out_dir / "preprocessed.onnx"
-        start = time.perf_counter()
-        try:
-            quant_pre_process(src, pre)
-        except Exception as e:  # ORT's symbolic shape inference cannot read Constant(value_ints) nodes
-            result["preprocess_note"] = f"retried with skip_symbolic_shape=True after {type(e).__name__}: {e}"
-            start = time.perf_counter()  # time the run a user would make, not the failed attempt
-            quant_pre_process(src, pre, skip_symbolic_shape=True)
-        result["preprocess_s"] = time.perf_counter() - start
-        ort_quantize_static(pre, out_dir / "model.onnx", stream())
-    elif tool == "nncf":
-        import nncf  # type: ignore[import-untyped]  # may ship no type information
-        import openvino as ov
-
-        items = list(stream())
-        start = time.perf_counter()
-        float_model = ov.convert_model(src)
-        quantized_ov = nncf.quantize(float_model, nncf.Dataset(items), subset_size=len(items))
-        (out_dir / "artifact").mkdir(parents=True, exist_ok=True)
-        ov.save_model(quantized_ov, out_dir / "artifact" / "model.xml", compress_to_fp16=False)
-    else:
-        from quantir.compiler.api import quantize
-        from quantir.compiler.config import StaticQuantConfig
-
-        start = time.perf_counter()
-        smooth = tool in ("quantir-sq", "quantir-sq-ov")
-        cfg = StaticQuantConfig(calibration_sampling_size=samples, smooth_quant=smooth, smooth_quant_alpha=SMOOTH_ALPHA)
-        quantized = quantize(src, cfg, stream())
-        quantized.save(out_dir / "artifact", backend="openvino" if tool in OV_TOOLS else None)
-        result["seconds"] = time.perf_counter() - start
-        (out_dir / "report.txt").write_text(str(quantized.report()))
-    result.setdefault("seconds", time.perf_counter() - start)
-    result["peak_rss_mb"] = _peak_rss_mb()
-    result["model"] = {"fp32": src, "ort": str(out_dir / "model.onnx")}.get(
-        tool, str(out_dir / "artifact" / ("model.xml" if tool in OV_TOOLS else "model.onnx"))
-    )
-    return result
-
-
 def _run_child(model: str, tool: str, source: Path, out_dir: Path, factor: int = 1) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = {"model": model, "tool": tool, "source": str(source), "out_dir": str(out_dir), "factor": factor}
+    if tool == "ort":
+        spec["skip_symbolic_shape"] = _ort_needs_skip_symbolic_shape(source)
     result_path, log_path = out_dir / "result.json", out_dir / "child.log"
     started = time.perf_counter()
     with log_path.open("w") as log:
         proc = subprocess.run(
-            [sys.executable, "-m", "quantir.tools.bench", "--child", json.dumps(spec), "--out", str(result_path)],
+            [sys.executable, "-m", "quantir.tools.bench_child", json.dumps(spec), str(result_path)],
             stdout=log, stderr=subprocess.STDOUT, check=False,
         )  # fmt: skip
     if proc.returncode != 0 or not result_path.exists():
@@ -193,15 +99,6 @@ def _run_child(model: str, tool: str, source: Path, out_dir: Path, factor: int =
 
 
 # ---- measurements in the parent -------------------------------------------------------------------------------------
-
-
-def _session(path: str | Path, **options: Any) -> Any:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    for key, value in options.items():
-        setattr(so, key, value)
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 class _OVInput:
@@ -296,11 +193,8 @@ def _op_counts(path: str | Path) -> Counter[str]:
 
 
 def _coverage(fp32: Path, quantized: str, tmp: Path) -> dict[str, int]:
-    import onnxruntime as ort
-
     optimized = tmp / "ort_optimized.onnx"
-    level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    _session(quantized, graph_optimization_level=level, optimized_model_filepath=str(optimized))
+    ort_session(quantized, level="extended", optimized_to=optimized)
     ops, heavy = _op_counts(optimized), _op_counts(fp32)
     return {
         "int8_kernels": sum(ops[k] for k in INT8_KERNELS),
@@ -325,6 +219,31 @@ def _quantir_verify(artifact: Path, inputs: dict[str, np.ndarray], fp32: Path) -
     }  # fmt: skip
 
 
+@functools.cache
+def _ort_needs_skip_symbolic_shape(source: Path) -> bool:
+    """Whether ORT's `quant_pre_process` fails on `source` unless told skip_symbolic_shape=True (its symbolic shape
+    inference cannot read the torch exporter's Constant(value_ints) nodes). Probed here, in the parent, so that the
+    measured child runs only the call a user who knows would make, and no failed attempt warms its caches."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="quantir-bench-probe-") as tmp:
+        try:
+            quant_pre_process(source, Path(tmp) / "pre.onnx")
+        except Exception:  # any failure of the symbolic pass; the retried run is the one measured
+            return True
+    return False
+
+
+def _byte_compile_quantir() -> None:
+    """Byte-compile quantir's modules, as `pip install .` does, so an editable or PYTHONDONTWRITEBYTECODE checkout
+    does not charge quantir's import for compiling its sources (the peers' installed modules are compiled)."""
+    import compileall
+    import importlib
+
+    for path in importlib.import_module("quantir").__path__:
+        compileall.compile_dir(path, quiet=1, workers=1)
+
+
 def _repeated(name: str, tool: str, source: Path, out_dir: Path, repeat: int) -> dict[str, Any]:
     """`repeat` fresh child conversions: conversion and process time are their medians, peak RSS their maximum."""
     runs = [_run_child(name, tool, source, out_dir) for _ in range(repeat)]
@@ -332,6 +251,8 @@ def _repeated(name: str, tool: str, source: Path, out_dir: Path, repeat: int) ->
         return next(r for r in runs if "error" in r)
     row = dict(runs[-1])
     row["seconds"] = float(np.median([r["seconds"] for r in runs]))
+    row["import_s"] = float(np.median([r["import_s"] for r in runs]))
+    row["first_s"] = float(np.median([r["import_s"] + r["seconds"] for r in runs]))
     row["process_s"] = float(np.median([r["process_s"] for r in runs]))
     row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
     row["runs"] = repeat
@@ -341,7 +262,7 @@ def _repeated(name: str, tool: str, source: Path, out_dir: Path, repeat: int) ->
 def _bench_model(name: str, tools: Sequence[str], factor: int, work: Path, repeat: int = 1) -> dict[str, Any]:
     source = _source_model(name)
     floor = _run_child(name, "fp32", source, work / name / "fp32")
-    sessions: dict[str, Any] = {"fp32": _session(source)}
+    sessions: dict[str, Any] = {"fp32": ort_session(source)}
     fp32_acc, reference = _evaluate(name, sessions["fp32"], None)
     rows: dict[str, Any] = {"fp32": {**floor, "accuracy": fp32_acc}}
     if any(t in OV_TOOLS for t in tools):
@@ -352,7 +273,7 @@ def _bench_model(name: str, tools: Sequence[str], factor: int, work: Path, repea
         row = rows[tool] = _repeated(name, tool, source, work / name / tool, repeat)
         if "error" not in row:
             ov_row = tool in OV_TOOLS
-            sessions[tool] = _OVSession(row["model"]) if ov_row else _session(row["model"])
+            sessions[tool] = _OVSession(row["model"]) if ov_row else ort_session(row["model"])
             row["accuracy"], outputs = _evaluate(name, sessions[tool], reference)
             if name == "digits" and reference is not None:  # fidelity to FP32, beyond a 597-image top-1
                 row["fp32_rel_l2"] = float(np.linalg.norm(outputs - reference) / np.linalg.norm(reference))
@@ -390,8 +311,8 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def _table(results: dict[str, Any], factor: int) -> str:
     head = (
-        f"| model | tool | conv s | process s | xFP32 pass | peak MB | peak MB x{factor} calib | accuracy "
-        "| b1 ms (xFP32) | b32 ms (xFP32) | int8 heavy ops | Q/DQ left |"
+        f"| model | tool | conv s | import + conv s | process s | xFP32 pass | peak MB | peak MB x{factor} calib "
+        "| accuracy | b1 ms (xFP32) | b32 ms (xFP32) | int8 heavy ops | Q/DQ left |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for model, rows in results["models"].items():
@@ -403,14 +324,15 @@ def _table(results: dict[str, Any], factor: int) -> str:
                      "quantir-sq-ov": f"OV: quantir SmoothQuant a={SMOOTH_ALPHA}"}[tool]  # fmt: skip
             ov_base = rows.get("fp32-ov") if tool in OV_TOOLS else None
             if "error" in row:
-                lines.append(f"| {model} | {label} | FAILED: {row['error'].replace('|', '/')} |" + " |" * 9)
+                lines.append(f"| {model} | {label} | FAILED: {row['error'].replace('|', '/')} |" + " |" * 10)
                 continue
             acc = f"{row['accuracy']:.2f}%" if model == "digits" else f"cos {row['accuracy']:.4f}"
             if "fp32_rel_l2" in row:
                 acc += f" (logits rel L2 vs FP32 {row['fp32_rel_l2']:.4f})"
             lat = {b: row["latency_ms"][b] for b in (1, 32)} if "latency_ms" in row else {}
             seconds = row.get("seconds")
-            cells = [model, label, _fmt(seconds, ".3f"), _fmt(row.get("process_s"), ".2f")]
+            first = row.get("first_s", (row.get("import_s", 0) + seconds) if seconds and tool != "fp32" else None)
+            cells = [model, label, _fmt(seconds, ".3f"), _fmt(first, ".3f"), _fmt(row.get("process_s"), ".2f")]
             cells.append(_fmt(seconds / base["seconds"] if seconds and "seconds" in base else None, ".0f"))
             big = row.get(f"x{factor}", {})
             big_cell = "FAILED" if "error" in big else _fmt(big.get("peak_rss_mb"), ".0f")
@@ -435,8 +357,16 @@ def _table(results: dict[str, Any], factor: int) -> str:
 
 def _ratios(results: dict[str, Any]) -> dict[str, dict[str, float]]:
     pairs = {model: (rows.get("quantir", {}), rows.get("ort", {})) for model, rows in results["models"].items()}
+
+    def first(row: dict[str, Any]) -> float:
+        return float(row.get("first_s", row["import_s"] + row["seconds"]))
+
     return {
-        model: {"conversion_s": q["seconds"] / o["seconds"], "peak_rss": q["peak_rss_mb"] / o["peak_rss_mb"]}
+        model: {
+            "conversion_s": q["seconds"] / o["seconds"],
+            "import_and_conversion_s": first(q) / first(o),
+            "peak_rss": q["peak_rss_mb"] / o["peak_rss_mb"],
+        }
         for model, (q, o) in pairs.items()
         if "seconds" in q and "seconds" in o
     }
@@ -466,7 +396,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", help="write the results as JSON to this file")
     parser.add_argument("--workdir", help="keep the quantized models here (default: a temporary directory)")
-    parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: one measured conversion (JSON spec)
 
 
 def _split(value: str, allowed: Sequence[str], what: str) -> list[str]:
@@ -483,15 +412,13 @@ def main(argv_or_args: Sequence[str] | argparse.Namespace | None = None) -> int:
     add_arguments(parser)
     own = not isinstance(argv_or_args, argparse.Namespace)
     args = argv_or_args if isinstance(argv_or_args, argparse.Namespace) else parser.parse_args(argv_or_args)
-    if args.child:
-        Path(args.out).write_text(json.dumps(_child(json.loads(args.child))))
-        return 0
     try:
         models, tools = _split(args.models, MODELS, "model"), _split(args.tools, TOOLS, "tool")
     except ConfigError as e:
         if own:
             parser.error(str(e))
         raise
+    _byte_compile_quantir()
     with tempfile.TemporaryDirectory(prefix="quantir-bench-") as tmp:
         work = Path(args.workdir or tmp)
         results: dict[str, Any] = {"environment": _environment(), "calib_factor": args.calib_factor, "models": {}}
@@ -501,7 +428,8 @@ def main(argv_or_args: Sequence[str] | argparse.Namespace | None = None) -> int:
     results["ratios_quantir_over_ort"] = _ratios(results)
     print(_table(results, args.calib_factor))
     for model, r in results["ratios_quantir_over_ort"].items():
-        print(f"{model}: quantir/ORT conversion time {r['conversion_s']:.2f}x, peak RSS {r['peak_rss']:.2f}x")
+        print(f"{model}: quantir/ORT conversion call {r['conversion_s']:.2f}x, imports + call "
+              f"{r['import_and_conversion_s']:.2f}x, peak RSS {r['peak_rss']:.2f}x")  # fmt: skip
     print("\n" + METHOD)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2, default=str))

@@ -5,6 +5,7 @@ reference (unoptimized) runs of verification, and the tools.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -21,9 +22,16 @@ _LEVELS = {
 }
 
 
-def ort_session(model: str | os.PathLike[str] | bytes, *, level: OptLevel = "all", threads: int | None = None) -> Any:
+def ort_session(
+    model: str | os.PathLike[str] | bytes,
+    *,
+    level: OptLevel = "all",
+    threads: int | None = None,
+    optimized_to: Path | None = None,
+) -> Any:
     """A quiet CPU session of `model` (a path or serialized bytes); `level="none"` runs the graph as written (for a
-    QDQ model: the IR's fake-quant semantics, Q/DQ executed as float kernels)."""
+    QDQ model: the IR's fake-quant semantics, Q/DQ executed as float kernels). `optimized_to` has ORT save the graph
+    it optimized there (weights over 1 KiB beside it in `<name>.data`)."""
     import onnxruntime as ort  # loaded on first use: the IR tools that only read and write models never need it
 
     opts = ort.SessionOptions()
@@ -31,6 +39,12 @@ def ort_session(model: str | os.PathLike[str] | bytes, *, level: OptLevel = "all
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
     if threads is not None:
         opts.intra_op_num_threads = threads
+    if optimized_to is not None:
+        opts.optimized_model_filepath = os.fspath(optimized_to)
+        opts.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", optimized_to.name + ".data"
+        )
+        opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     source = model if isinstance(model, bytes) else os.fspath(model)
     return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 

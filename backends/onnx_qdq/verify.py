@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort  # type: ignore[import-untyped]  # ships no type information
 
+from quantir.backends.onnx_proto.runtime import OptLevel, ort_session
 from quantir.backends.onnx_qdq.capabilities import COVERAGE_KERNELS, FUSED_KERNELS
 from quantir.backends.onnx_qdq.emit import MODEL_FILE, read_manifest
 from quantir.ir import SerializationError
@@ -111,7 +111,7 @@ class VerifyReport:
         if self.model is None:
             raise SerializationError("this report has no model to run")
         if self._session is None:
-            self._session = _session(self.model, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+            self._session = _session(self.model, "all")
         return [np.asarray(a) for a in self._session.run(None, inputs)]
 
     def format(self) -> str:
@@ -142,15 +142,9 @@ def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
 
 
-def _session(model: Path, level: ort.GraphOptimizationLevel, optimized: Path | None = None) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.graph_optimization_level = level
-    if optimized is not None:
-        so.optimized_model_filepath = os.fspath(optimized)
-        so.add_session_config_entry("session.optimized_model_external_initializers_file_name", optimized.name + ".data")
-        so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+def _session(model: Path, level: OptLevel, optimized: Path | None = None) -> Any:
     try:
-        return ort.InferenceSession(os.fspath(model), so, providers=["CPUExecutionProvider"])
+        return ort_session(model, level=level, optimized_to=optimized)
     except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
         raise SerializationError(f"ONNX Runtime cannot load {os.fspath(model)!r}: {e}") from e
 
@@ -159,7 +153,7 @@ def _optimized_ops(model: Path) -> dict[str, str]:
     """Node name -> op type in ORT's optimized model (graph level 2, where the QDQ fusions run)."""
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "optimized.onnx"
-        _session(model, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, path)
+        _session(model, "extended", path)
         opt = onnx.load(os.fspath(path), load_external_data=False)
     return {n.name or f"<unnamed {i}>": n.op_type for i, n in enumerate(opt.graph.node)}
 
@@ -183,7 +177,8 @@ def verify_onnx_qdq(
     max_lsb: float = 1.0,
     max_rel: float = 1e-2,
 ) -> VerifyReport:
-    """Load the artifact in ORT, count fused integer kernels, and run it fused and unfused on `inputs`.
+    """Check the artifact's model with `onnx.checker` (full check), load it in ORT, count fused integer kernels, and
+    run it fused and unfused on `inputs`.
 
     A quantized output disagrees when fused and unfused differ by more than `max_lsb` quantization steps; a float
     output when they differ by more than `max_rel` of the output's magnitude. `float_model` (a float ONNX file with
@@ -194,6 +189,10 @@ def verify_onnx_qdq(
     if manifest is None:
         raise SerializationError(f"{os.fspath(folder)!r} is not a quantir artifact (no readable quantir.json)")
     model = folder / manifest.get("model", MODEL_FILE)
+    try:
+        onnx.checker.check_model(os.fspath(model), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise SerializationError(f"the QDQ model {os.fspath(model)!r} fails onnx.checker: {e}") from e
     ops = _optimized_ops(model)
     counts = Counter(ops.values())
     report = VerifyReport(
@@ -208,13 +207,13 @@ def verify_onnx_qdq(
     heavy = [r for r in report.nodes if r.op_type in COVERAGE_KERNELS]
     if heavy:
         report.coverage = sum(r.actual in COVERAGE_KERNELS[r.op_type] for r in heavy) / len(heavy)
-    report._session = fused_sess = _session(model, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    report._session = fused_sess = _session(model, "all")
     names = [o.name for o in fused_sess.get_outputs()]
     fused = fused_sess.run(names, inputs)
-    ref = _session(model, ort.GraphOptimizationLevel.ORT_DISABLE_ALL).run(names, inputs)
+    ref = _session(model, "none").run(names, inputs)
     floats: list[Any] = [None] * len(names)
     if float_model is not None:
-        floats = _session(Path(float_model), ort.GraphOptimizationLevel.ORT_ENABLE_ALL).run(names, inputs)
+        floats = _session(Path(float_model), "all").run(names, inputs)
     infos = manifest.get("outputs", {})
     for name, a, b, f in zip(names, fused, ref, floats):
         row = _compare(name, np.asarray(a), np.asarray(b), infos.get(name, {}), max_lsb, max_rel, f)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import onnxruntime  # type: ignore[import-untyped]  # noqa: F401  # calibration always runs ORT: load it with the compiler
 
 from quantir.backends.onnx_proto import PROTO_LIMIT, emit_model, ort_session, save_model
 from quantir.compiler.calib_data import feeds

@@ -117,3 +117,17 @@ def test_shared_dq_fan_out_and_unnamed_nodes_are_matched(tmp_path: Path) -> None
         ("MatMul_m", "QLinearMatMul"), ("MatMul_y", "QLinearMatMul"), ("MatMul_z", "QLinearMatMul")]  # fmt: skip
     assert r.coverage == 1.0 and r.ok, r.format()
     assert [o.name for o in r.outputs] == ["m", "y", "z"] and all(o.lsb is not None and o.lsb <= 1 for o in r.outputs)
+
+
+def test_verify_runs_onnx_checker_on_the_artifact(tmp_path: Path) -> None:
+    """emit leaves the full onnx.checker pass to verify; a model that fails it is named with the checker's reason."""
+    import onnx
+
+    n = matmul_const(quantize_output=True)
+    legalize_for_onnx_qdq(n.g)
+    out = emit(n.g, tmp_path / "art", manifest={})
+    model = onnx.load(os.fspath(out / "model.onnx"))
+    model.graph.node[0].op_type = "NoSuchOp"
+    onnx.save(model, os.fspath(out / "model.onnx"))
+    with pytest.raises(SerializationError, match=r"model\.onnx' fails onnx\.checker: .*NoSuchOp"):
+        verify_onnx_qdq(out, n.feeds)

@@ -637,3 +637,34 @@ def test_exporter_placeholder_scope_is_not_provenance() -> None:
     assert by_op["Shape"] is None  # the exporter's '_empty_nn_module_stack_from_metadata_hook'
     convs = [n.source for n in graph.nodes if n.op_type == "Conv"]
     assert [s.module for s in convs if s] == ["conv1", "conv2"]
+
+
+def test_exporter_shape_arithmetic_is_typed_without_onnx_shape_inference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only Shape/Concat outputs untyped (the torch exporter's flatten): typed locally, as ONNX inference would."""
+    x, w = _vi("x", ["N", 2, 3]), numpy_helper.from_array(np.ones((6, 4), np.float32), "w")
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"], start=0, end=1),
+        helper.make_node("Constant", [], ["six"], value_ints=[6]),
+        helper.make_node("Concat", ["s", "six"], ["target"], axis=0),
+        helper.make_node("Reshape", ["x", "target"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "w"], ["y"]),
+    ]
+    model = _model(nodes, [x], [_vi("y", ["N", 4])], [w], value_info=[_vi("flat", ["N", 6])])
+    inferred = {vi.name: vi for vi in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    assert inferred["s"].type.tensor_type.shape.dim[0].dim_value == 1  # what ONNX's own inference gives
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("ONNX shape inference was run on a model the exporter typed")
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", refuse)
+    g = import_onnx(model)
+    types = {v.name: v.type for v in g.values()}
+    assert types["s"] == TensorType(DType.I64, (1,))
+    assert types["target"] == TensorType(DType.I64, (2,))  # Shape gives int64[1], the Constant(value_ints) int64[1]
+    assert types["flat"] == TensorType(DType.F32, ("N", 6))
+
+
+def test_untyped_intermediate_values_still_get_onnx_shape_inference() -> None:
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Neg", ["r"], ["y"])]
+    g = import_onnx(_model(nodes, [_vi("x", [2, 3])], [_vi("y", [2, 3])]))
+    assert {v.name: v.type for v in g.values()}["r"] == TensorType(DType.F32, (2, 3))
