@@ -14,6 +14,7 @@ import numpy as np
 from quantir.compiler.calib_data import feeds, validate_batch
 from quantir.compiler.config import StaticQuantConfig
 from quantir.compiler.model_io import load_graph
+from quantir.compiler.output_steps import float_output_steps
 from quantir.compiler.pass_manager import Pass, PassContext, PassManager, PrintMode
 from quantir.compiler.passes import Annotate, Canonicalize, ComputeQParams, EliminateDeadCode, FoldConstants
 from quantir.compiler.passes.calibrate import RANGES_KEY, Calibrator
@@ -138,6 +139,9 @@ def convert(prepared: PreparedModel) -> QuantizedModel:
         ctx.data[CHANNEL_RANGES_KEY] = prepared.calibrator.channel_ranges()
         passes.insert(0, SmoothQuant(alpha=prepared.config.smooth_quant_alpha))
     PassManager(passes).run(prepared.graph, ctx)
+    steps = float_output_steps(prepared.graph, prepared.calibrator.output_ranges(), caps.convention)
+    if steps:
+        ctx.data["calibration"]["output_steps"] = steps
     return QuantizedModel(prepared.graph, prepared.backend, prepared.config, ctx)
 
 

@@ -6,11 +6,18 @@ The output step (the "LSB") is defined as follows:
 
 - a quantized output: its own quantization scale, as recorded in `quantir.json` (`outputs`; the smallest scale
   when per channel);
-- a float output (e.g. logits from a quantized Gemm with no output quantizer): the quantization step of the
-  activation that feeds the op producing the output, i.e. the scale of the DequantizeLinear on that op's
-  non-constant input in the ONNX QDQ artifact (the smallest one when there are several). This is the finest step
-  at which the last quantized value of the network is defined; a disagreement below it means the two runtimes
-  computed the float tail from (nearly) the same codes. Outputs with neither get no LSB figure (only max |diff|).
+- a float output (e.g. logits from a quantized Gemm that quantir leaves unquantized because only float code reads
+  them): the step its own activation quantizer would give it, recorded at calibration in `quantir.json`
+  (`calibration.output_steps`: the producing op's activation dtype, scheme and integer range, per tensor, minmax
+  over the output's calibrated range; `compiler/output_steps.py`). This is the step the output would carry had it
+  been quantized like every other activation (as ORT's tool quantizes Gemm outputs);
+- a float output with no recorded step (a model imported already quantized, never calibrated by quantir): the
+  quantization step of the activation that feeds the op producing the output, i.e. the scale of the
+  DequantizeLinear on that op's non-constant input in the ONNX QDQ artifact (the smallest when there are several).
+
+The second, stricter figure is also reported for every float output that has it (`input_step`): a disagreement below
+it means the two runtimes computed the float tail from (nearly) the same codes. Outputs with neither get no LSB
+figure (only max |diff|).
 
 Argmax agreement is reported for 2-D outputs. As a diagnostic, the OpenVINO artifact's own fake-quant reference
 (`model.qdq.onnx`, the graph OpenVINO converted) is also run in ONNX Runtime: its distance to OpenVINO isolates
@@ -48,11 +55,13 @@ class CrossRow:
     step: float | None
     """The output's LSB (see the module docstring); None when neither rule gives one."""
     step_kind: str
-    """"output scale", "input activation scale of <node>", or "none"."""
+    """"output scale", "calibrated output step", "input activation scale of <node>", or "none"."""
     argmax: float | None
     """Share of rows whose argmax agrees (2-D outputs only)."""
     same_graph_max_abs: float
     """max |ORT(OpenVINO's model.qdq.onnx) - OpenVINO|: the runtimes alone, same graph."""
+    input_step: float | None = None
+    """A float output's producer's input activation scale (the stricter unit; see the module docstring)."""
 
     @property
     def lsb(self) -> float | None:
@@ -61,6 +70,10 @@ class CrossRow:
     @property
     def same_graph_lsb(self) -> float | None:
         return None if self.step is None else self.same_graph_max_abs / self.step
+
+    @property
+    def input_lsb(self) -> float | None:
+        return None if self.input_step is None else self.max_abs / self.input_step
 
 
 @dataclass(slots=True)
@@ -85,14 +98,16 @@ class CrossRuntimeReport:
 
     def format(self) -> str:
         lines = [f"ORT ({self.onnx_qdq}) vs OpenVINO ({self.openvino}) on {self.samples} samples; {self.identity}",
-                 "| output | max abs diff | LSB step (kind) | diff in LSB | argmax agree | same-graph diff in LSB |",
-                 "|---|---|---|---|---|---|"]  # fmt: skip
+                 "| output | max abs diff | LSB step (kind) | diff in LSB | argmax agree | same-graph diff in LSB "
+                 "| diff in input-activation steps |",
+                 "|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in self.rows:
             step = "-" if r.step is None else f"{r.step:.4g} ({r.step_kind})"
             lsb = "-" if r.lsb is None else f"{r.lsb:.3f}"
             same = "-" if r.same_graph_lsb is None else f"{r.same_graph_lsb:.3f}"
             arg = "-" if r.argmax is None else f"{r.argmax:.2%}"
-            lines.append(f"| {r.name} | {r.max_abs:.4g} | {step} | {lsb} | {arg} | {same} |")
+            inp = "-" if r.input_lsb is None else f"{r.input_lsb:.3f} (step {r.input_step:.4g})"
+            lines.append(f"| {r.name} | {r.max_abs:.4g} | {step} | {lsb} | {arg} | {same} | {inp} |")
         return "\n".join(lines)
 
 
@@ -227,13 +242,17 @@ def cross_runtime(path: str | os.PathLike[str], inputs: dict[str, np.ndarray]) -
         diff = float(np.max(np.abs(a.astype(np.float64) - b), initial=0.0))
         same = float(np.max(np.abs(same_graph[name].astype(np.float64) - b), initial=0.0))
         info = mq.get("outputs", {}).get(name, {})
+        calibrated = mq.get("calibration", {}).get("output_steps", {}).get(name)
+        input_step = float_steps[name][0] if name in float_steps else None
         step: float | None
         if info.get("quantized"):
-            step, kind = min(float(s) for s in info["scale"]), "output scale"
+            step, kind, input_step = min(float(s) for s in info["scale"]), "output scale", None
+        elif calibrated is not None:
+            step, kind = float(calibrated["step"]), "calibrated output step"
         elif name in float_steps:
             step, kind = float_steps[name]
         else:
             step, kind = None, "none"
         argmax = float(np.mean(a.argmax(1) == b.argmax(1))) if a.ndim == 2 and a.shape[1] > 1 else None
-        report.rows.append(CrossRow(name, diff, step, kind, argmax, same))
+        report.rows.append(CrossRow(name, diff, step, kind, argmax, same, input_step))
     return report

@@ -22,7 +22,7 @@ from quantir.backends.onnx_proto import PROTO_LIMIT, emit_model, ort_session, sa
 from quantir.compiler.calib_data import feeds
 from quantir.compiler.observers import MinMaxObserver, Observer, make_observer
 from quantir.compiler.pass_manager import PassContext, PassResult, register_pass
-from quantir.ir import CalibrationError, Graph, QuantSpec, Scheme, Value
+from quantir.ir import CalibrationError, Graph, QuantSpec, Scheme, TensorType, Value
 from quantir.ir.clone import clone_graph
 
 __all__ = ["RANGES_KEY", "Calibrate", "Calibrator", "observed_values"]
@@ -54,6 +54,13 @@ class Calibrator:
         self.channel_observers = {name: MinMaxObserver(-1, name=name) for name in per_channel}
         by_name = {v.name: v for v in graph.values()}
         values += [by_name[n] for n in self.channel_observers if n not in self.observers]
+        self.output_observers = {
+            v.name: MinMaxObserver(name=v.name)
+            for v in graph.outputs
+            if v.quant is None and isinstance(v.type, TensorType) and v.type.dtype.is_float
+        }
+        """Float graph outputs' ranges: not to quantize them, but to state the step their activation quantizer would
+        have (`output_steps`), the unit in which backends' outputs are compared."""
         self.samples = 0
         self.seconds = 0.0
         model_graph, vmap = clone_graph(graph)
@@ -84,6 +91,11 @@ class Calibrator:
             obs.update(by_name[name])
         for name, chan in self.channel_observers.items():
             chan.update(by_name[name])
+        for name in list(self.output_observers):
+            try:
+                self.output_observers[name].update(by_name[name])
+            except CalibrationError:  # e.g. -inf logits: the output simply gets no step
+                del self.output_observers[name]
         first = next(iter(feed.values())) if feed else None
         self.samples += int(first.shape[0]) if first is not None and first.ndim else 1
         self.seconds += time.perf_counter() - t0
@@ -96,6 +108,10 @@ class Calibrator:
 
     def channel_ranges(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         return {name: obs.range() for name, obs in self.channel_observers.items()}
+
+    def output_ranges(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Observed (min, max) of each float graph output (outputs with no finite range are left out)."""
+        return {name: obs.range() for name, obs in self.output_observers.items() if obs.nbytes}
 
     def stats(self) -> dict[str, float]:
         return {"samples": self.samples, "seconds": self.seconds,
