@@ -18,7 +18,7 @@ from quantir.compiler.quantized_model import _LEGALIZE, QuantizedModel, _backend
 from quantir.compiler.targets import target
 from quantir.ir import DType, Granularity, GranularityKind, Graph, Node, QuantSpec, QuantType, Scheme, Value, verify
 from quantir.ir.clone import clone_graph
-from quantir.ir.quant_math import fake_quantize
+from quantir.ir.quant_math import fake_quantize, quantize
 from quantir.ir.traits import traits_of, weight_inputs
 
 __all__ = [
@@ -46,6 +46,9 @@ WEIGHT_RULES: dict[str, QuantSpec] = {
 }
 """Per backend: the weight type `requantize` gives constant weights of Conv/MatMul/Gemm (the axis is replaced by
 each weight's output-channel axis)."""
+INT32_BIAS = frozenset({"onnx_qdq"})
+"""Backends whose fused kernels need the bias quantized to int32 at s_x·s_w (ORT's QLinearConv/QGemm); a source that
+keeps biases float (PyTorch PT2E does) gets them quantized by `requantize`."""
 
 
 def is_quantized_graph(graph: Graph) -> bool:
@@ -112,6 +115,11 @@ def _weight_mismatch(backend: str, w: Value, q: QuantType, axis: int) -> str | N
     runtime = target(backend).runtime
     if q.dtype is not rule.dtype:
         return f"weight %{w.name} is {q.dtype}; {runtime} wants {rule.dtype} weights"
+    if rule.qmin is not None and w.const is not None and q.qmin < rule.qmin:
+        lowest = int(np.min(quantize(w.const.numpy(), q), initial=0))  # Q/DQ records no range: read the codes
+        if lowest < rule.qmin:
+            return (f"weight %{w.name} uses code {lowest}; {runtime}'s rule is [{rule.qmin}, {rule.qmax}] (on CPUs "
+                    "without VNNI such weights can saturate the u8 x s8 pair sums)")  # fmt: skip
     if np.any(q.zero_point != 0):
         return f"weight %{w.name} is asymmetric (zero point != 0); {runtime} runs asymmetric weights in FP32"
     g = q.granularity
@@ -144,8 +152,8 @@ def target_differences(graph: Graph, backend: str) -> list[str]:
         if why is not None:
             lines.append(f"{node.describe()}: {why}")
     clone = clone_graph(graph)[0]
-    report = _LEGALIZE[key](clone)
-    for node, row in zip(clone.nodes, report.nodes, strict=True):
+    report = _LEGALIZE[key](clone)  # drops the types of what it keeps float: ask the source graph what was quantized
+    for node, row in zip(graph.nodes, report.nodes, strict=True):
         if _node_quantized(node) and not row.quantized and node.op_type in COMPUTE_OPS:
             lines.append(f"{node.describe()}: quantized in the source, float on {target(key).runtime}: {row.reason}")
     removed = getattr(report, "removed", {})
@@ -163,26 +171,33 @@ def _payload_range(data: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]
 def requantize(graph: Graph, backend: str) -> list[str]:
     """Give every constant weight of a quantized Conv/MatMul/Gemm whose type differs from `backend`'s weight rule
     that rule's type, computed from its (dequantized) payload with the target's convention; biases of the changed
-    ops get the matching int32 type s_x·s_w. Activations keep their types. Returns one line per change."""
+    ops get the matching int32 type s_x·s_w, and so do float biases on a backend that needs int32 ones
+    (`INT32_BIAS`). Activations keep their types. Returns one line per change."""
     key = _backend_key(backend)
     caps = target(key)
     rule = WEIGHT_RULES[key]
     changed = []
     for node, w, q, axis in _weights(graph):
-        if _weight_mismatch(key, w, q, axis) is None:
-            continue
-        assert w.const is not None
-        data = np.asarray(w.const.numpy(), dtype=np.float32)
-        spec = QuantSpec(rule.dtype, rule.scheme, Granularity.per_channel(axis), "minmax", rule.qmin, rule.qmax)
-        lo, hi = _payload_range(data, axis)
-        w.quant = compute_qparams(lo, hi, spec, convention=caps.convention)
-        changed.append(f"%{w.name}: {_describe(q)} -> {_describe(w.quant)}")
+        mismatch = _weight_mismatch(key, w, q, axis) is not None
+        if mismatch:
+            assert w.const is not None
+            data = np.asarray(w.const.numpy(), dtype=np.float32)
+            spec = QuantSpec(rule.dtype, rule.scheme, Granularity.per_channel(axis), "minmax", rule.qmin, rule.qmax)
+            lo, hi = _payload_range(data, axis)
+            w.quant = compute_qparams(lo, hi, spec, convention=caps.convention)
+            changed.append(f"%{w.name}: {_describe(q)} -> {_describe(w.quant)}")
         b_idx = traits_of(node.op_type, node.domain).bias
         b = node.inputs[b_idx] if b_idx is not None and b_idx < len(node.inputs) else None
         x = node.inputs[0]
-        if b is not None and isinstance(b.quant, QuantType) and x is not None and isinstance(x.quant, QuantType):
+        if b is None or b.const is None or x is None or not isinstance(x.quant, QuantType):
+            continue
+        assert isinstance(w.quant, QuantType)
+        if isinstance(b.quant, QuantType) and mismatch:
             b.quant = bias_qparams(x.quant, w.quant)
             changed.append(f"%{b.name}: int32 bias rescaled to s_x·s_w")
+        elif b.quant is None and key in INT32_BIAS:
+            b.quant = bias_qparams(x.quant, w.quant)
+            changed.append(f"%{b.name}: float bias quantized to int32 at s_x·s_w ({caps.runtime}'s fused kernels)")
     verify(graph)
     return changed
 

@@ -8,25 +8,35 @@ The rules, one per pattern (`RULES`), applied in order:
   float constant holding `dequantize(q)` exactly as ONNX computes it (float32 `(q - zp) * s`), with the source's
   `QuantType`. Re-quantizing that payload with the same type gives back the same integers (the error of one float32
   rounding is far below half a step), so a backend that lowers the IR writes the source's integers again.
+* **QuantizeLinear -> Clip -> DequantizeLinear(s)** (torch.onnx's lowering of PT2E's `quantize_per_channel`, e.g.
+  a float weight with `convert_pt2e(fold_quantize=False)`): as the next rule, with the `QuantType`'s [qmin, qmax]
+  narrowed to the Clip's constant integer bounds, which is exactly what the three ops compute. A Clip that narrows
+  the range of a non-constant value (torch.onnx's fake quant with range [0, 127]) is left as ops: the backends'
+  Q/DQ lowering of activations does not narrow the range yet.
 * **QuantizeLinear -> DequantizeLinear(s)** (activations, also a float constant through Q -> DQ): the Q input gets
   the `QuantType` and every DQ reader reads it directly. One Q may feed several DQs with identical parameters. Where
   the Q input has other (float) readers, is a graph output, already carries another type, or comes out of an op
   whose quantized inputs and output must share one type, an `Identity` carries the type instead, so no float
   reader changes meaning.
 
+A weight stored as integers whose initializer name says nothing (PT2E's `_frozen_param0`) is named after the
+parameter it feeds, from its one reader's source module: `conv1.weight`, `fc1.bias`.
+
 Granularity: per tensor (scalar or one-element scale), per axis (1-D scale, `axis`, opset >= 13) and blocked
 (`block_size`, opset >= 21). Storage: i8/u8/i16/u16/i4/u4 and the fp8 types (zero point 0, saturating), i32 for
 constants (biases). Scales may be float32, float16 or bfloat16 initializers.
 
-Refused, before anything is rewritten: a scale or zero point that is not a constant (`UnsupportedOpError`); a Q and
-its DQ with different parameters, a per-axis scale whose length is not the axis' size, a zero point of another
-type than the data or outside its range, a non-positive or non-finite scale (`QDQParameterError`). Each message
+Refused, before anything is rewritten: a scale, zero point or Clip bound that is not a constant
+(`UnsupportedOpError`); a Q and its DQ with different parameters, a per-axis scale whose length is not the axis'
+size, a zero point of another type than the data or outside its range, a non-positive or non-finite scale, Clip
+bounds that are not scalars of the storage type or leave fewer than two levels (`QDQParameterError`). Each message
 names the nodes. Patterns the IR cannot hold (a DQ of a non-constant integer input, a Q whose output is a graph
 output or read by something other than a DQ) are left as ops.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -100,10 +110,23 @@ def _const_param(node: Node, index: int, what: str) -> np.ndarray | None:
         return None
     if v.const is None:
         raise UnsupportedOpError(
-            f"{node.describe()}: its {what} %{v.name} is computed at run time; quantir imports Q/DQ nodes only with "
-            "constant (initializer) scales and zero points"
+            f"{node.describe()}: its {what} %{v.name} is computed at run time{_runtime_hint(v)}; quantir imports "
+            "Q/DQ nodes only with constant (initializer) scales and zero points"
         )
     return np.asarray(v.const.numpy())
+
+
+def _runtime_hint(v: Value) -> str:
+    """Where a non-constant parameter comes from, and the fix when it is a foldable constant expression."""
+    p = v.producer
+    if p is None:
+        return " (it is a graph input)"
+    if all(i is None or i.is_constant for i in p.inputs):
+        return (
+            f" by {p.describe()} from constants only; constant-fold the model first (torch.onnx.export does with "
+            "optimize=True, its default; or run onnxscript.optimizer.optimize)"
+        )
+    return f" by {p.describe()} (dynamic quantization)"
 
 
 def _scale_f32(node: Node, raw: np.ndarray) -> np.ndarray:
@@ -315,6 +338,28 @@ class _Raiser:
             v.name = name  # the DQ that held this name is gone
 
 
+def _parameter_name(v: Value) -> str:
+    """`<module>.weight` / `<module>.bias` when `v` has one reader, which reads it in that role and has a source
+    module (torch.onnx's provenance); "" otherwise."""
+    uses = v.uses()
+    if len(uses) != 1:
+        return ""
+    node, idx = uses[0]
+    traits = traits_of(node.op_type, node.domain)
+    role = "weight" if idx in traits.weights else "bias" if idx == traits.bias else ""
+    module = node.source.module if node.source is not None else ""
+    return f"{module}.{role}" if module and role else ""
+
+
+def _weight_name(r: _Raiser, x: Value, out: Value) -> str:
+    """A raised weight's name: the stem of ORT's `<name>_quantized`, else the parameter its reader reads
+    (`conv1.weight` for PT2E's `_frozen_param0`), else the DQ output's name (free once the DQ is gone)."""
+    stem = x.name[: -len("_quantized")] if x.name.endswith("_quantized") else ""
+    name = next((n for n in (stem, _parameter_name(out)) if n and n not in r.taken), out.name)
+    r.taken.add(name)
+    return name
+
+
 def _raise_weight(r: _Raiser, dq: Node, opset: int) -> bool:
     """constant (integer) -> DequantizeLinear: a float constant of the dequantized values with the source's type."""
     x, out = dq.inputs[0], dq.outputs[0]
@@ -326,26 +371,64 @@ def _raise_weight(r: _Raiser, dq: Node, opset: int) -> bool:
     if dtype not in (DType.F32, DType.F16):
         raise UnsupportedOpError(f"{dq.describe()}: dequantizing to {dtype} is not supported (float32/float16 only)")
     tensor = Tensor.from_numpy(values.astype(dtype.storage), dtype)
-    stem = x.name[: -len("_quantized")] if x.name.endswith("_quantized") else ""
-    name = stem if stem and stem not in r.taken else out.name  # the DQ output's name is free once the DQ is gone
-    r.taken.add(name)
-    c = r.graph.add_constant(name, tensor, quant=q)
+    c = r.graph.add_constant(_weight_name(r, x, out), tensor, quant=q)
     out.replace_all_uses_with(c, graph_outputs=r.graph)
     r.drop(dq)
     return True
 
 
-def _raise_activation(r: _Raiser, qn: Node, opset: int) -> bool:
-    """QuantizeLinear -> DequantizeLinear(s): the Q input carries the type; the DQ readers read it."""
+def _clip_reader(qn: Node) -> Node | None:
+    """The Clip that alone reads `qn`'s output (torch.onnx writes PT2E's `quantize_per_channel` as Q -> Clip)."""
+    out = qn.outputs[0] if qn.outputs else None
+    if out is None or qn.graph is None or qn.graph.is_output(out) or len(out.uses()) != 1:
+        return None
+    reader, idx = out.uses()[0]
+    return reader if idx == 0 and reader.op_type == "Clip" and reader.domain in ("", "ai.onnx") else None
+
+
+def _clip_range(clip: Node, q: QuantType) -> tuple[int, int]:
+    """`q`'s integer range narrowed by the constant bounds of the `clip` that follows its QuantizeLinear."""
+    if not q.dtype.is_integer:
+        raise UnsupportedOpError(
+            f"{clip.describe()}: clips {q.dtype} quantized data; only integer storage is supported"
+        )
+    bounds = [q.qmin, q.qmax]
+    for i, what in ((1, "min"), (2, "max")):
+        v = clip.inputs[i] if i < len(clip.inputs) else None
+        if v is None:
+            continue
+        if v.const is None:
+            raise UnsupportedOpError(
+                f"{clip.describe()}: its {what} %{v.name} is computed at run time; quantir raises QuantizeLinear -> "
+                "Clip -> DequantizeLinear only with constant bounds"
+            )
+        if v.const.dtype is not q.dtype or v.const.size != 1:
+            raise QDQParameterError(
+                f"{clip.describe()}: {what} %{v.name} is {v.const.dtype}{list(v.const.shape)}; expected a {q.dtype} "
+                "scalar, the type of the quantized data it clips"
+            )
+        bounds[i - 1] = int(np.asarray(v.const.numpy()).reshape(()))
+    lo, hi = max(q.qmin, bounds[0]), min(q.qmax, bounds[1])
+    if lo >= hi:
+        raise QDQParameterError(
+            f"{clip.describe()}: clips {q.dtype} data to [{bounds[0]}, {bounds[1]}], which leaves "
+            f"{max(hi - lo + 1, 0)} level(s); a quantized range needs at least two"
+        )
+    return lo, hi
+
+
+def _raise_pair(r: _Raiser, qn: Node, opset: int, clip: Node | None) -> bool:
+    """QuantizeLinear [-> Clip] -> DequantizeLinear(s): the Q input carries the type; the DQ readers read it."""
     v, qout = qn.inputs[0], qn.outputs[0]
-    if v is None or qout is None:
+    last = clip.outputs[0] if clip is not None else qout
+    if v is None or last is None:
         return False
-    readers = qout.users()
-    if not readers or r.graph.is_output(qout) or not all(_is_dq(n) for n in readers):
-        r.report.left.append(f"{qn.describe()}: its output is not read only by DequantizeLinear nodes")
+    readers = last.users()
+    if not readers or r.graph.is_output(last) or not all(_is_dq(n) for n in readers):
+        r.report.left.append(f"{(clip or qn).describe()}: its output is not read only by DequantizeLinear nodes")
         return False
     q = read_qtype(qn, opset)
-    if any(u.idx != 0 for u in qout.uses()):
+    if any(u.idx != 0 for u in last.uses()):
         r.report.left.append(f"{qn.describe()}: a DequantizeLinear reads its output as scale or zero point")
         return False
     for dq in readers:
@@ -357,13 +440,34 @@ def _raise_activation(r: _Raiser, qn: Node, opset: int) -> bool:
             )
     if isinstance(v.type, TensorType) and not v.type.dtype.is_float:
         raise QDQParameterError(f"{qn.describe()}: quantizes %{v.name} of type {v.type.dtype}, not a float tensor")
+    if clip is not None:
+        lo, hi = _clip_range(clip, q)
+        if (lo, hi) != (q.qmin, q.qmax) and not v.is_constant:
+            r.report.left.append(
+                f"{clip.describe()}: narrows the quantized range of %{v.name} to [{lo}, {hi}]; quantir's Q/DQ "
+                f"lowering of activations saturates at the full {q.dtype} range, so the ops are kept"
+            )
+            return False
+        q = dataclasses.replace(q, qmin=lo, qmax=hi)
     target = r.carrier(v, q, qn)
     target.quant = q
     for dq in readers:
         r.replace_output(dq.output(), target)
         r.drop(dq)
+    if clip is not None:
+        r.drop(clip)
     r.drop(qn)
     return True
+
+
+def _raise_clipped(r: _Raiser, qn: Node, opset: int) -> bool:
+    """QuantizeLinear -> Clip -> DequantizeLinear(s): a quant type with the Clip's narrower integer range."""
+    return _raise_pair(r, qn, opset, _clip_reader(qn))
+
+
+def _raise_activation(r: _Raiser, qn: Node, opset: int) -> bool:
+    """QuantizeLinear -> DequantizeLinear(s): the Q input carries the type; the DQ readers read it."""
+    return _raise_pair(r, qn, opset, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,7 +482,10 @@ class Rule:
 RULES: tuple[Rule, ...] = (
     Rule("constant -> DequantizeLinear (stored-quantized weight or bias)",
          lambda n: _is_dq(n) and n.inputs[0] is not None and n.inputs[0].is_constant, _raise_weight),
-    Rule("QuantizeLinear -> DequantizeLinear (quantized value)", _is_q, _raise_activation),
+    Rule("QuantizeLinear -> Clip -> DequantizeLinear (quantized value, narrowed range)",
+         lambda n: _is_q(n) and _clip_reader(n) is not None, _raise_clipped),
+    Rule("QuantizeLinear -> DequantizeLinear (quantized value)",
+         lambda n: _is_q(n) and _clip_reader(n) is None, _raise_activation),
 )  # fmt: skip
 """The patterns, applied in this order over the whole graph (weights first: a DQ'd weight may feed a Q -> DQ)."""
 
@@ -387,7 +494,9 @@ def _validate_all(graph: Graph, opset: int) -> None:
     """Read every Q/DQ node's parameters, so that a bad one fails before the graph is changed."""
     for node in graph.nodes:
         if _is_q(node) or _is_dq(node):
-            read_qtype(node, opset)
+            q = read_qtype(node, opset)
+            if _is_q(node) and (clip := _clip_reader(node)) is not None:
+                _clip_range(clip, q)
 
 
 def raise_qdq(graph: Graph) -> QDQReport:

@@ -228,3 +228,97 @@ def test_nncf_onnx_model(tmp_path: Path) -> None:
     dataset = nncf.Dataset([{name: calib[i : i + 1]} for i in range(len(calib))])
     qmodel = nncf.quantize(model, dataset, subset_size=len(calib))
     _check_same_as_ort(qmodel, tmp_path, load_digits_split().test_x)
+
+
+# ---- PT2E patterns (torch.onnx's lowering of torchao's quantized_decomposed ops) ----------------------------------
+
+
+def _clipped_weight(lo: int | None, hi: int, *, bound_dt: int = TensorProto.INT8) -> tuple[list, list]:
+    """Float weight -> Q (per axis) -> Clip(lo, hi) -> DQ -> MatMul, as PT2E's quantize_per_channel exports."""
+    w = np.array([[-1.28, 0.5], [0.3, 1.27], [0.0, -0.64], [1.0, -1.3]], np.float32)  # -1.28/0.01 is -128
+    nodes = [helper.make_node("QuantizeLinear", ["w", "ws", "wz"], ["wq"], axis=1, name="w_Q"),
+             helper.make_node("Clip", ["wq", "lo" if lo is not None else "", "hi"], ["wc"], name="w_Clip"),
+             helper.make_node("DequantizeLinear", ["wc", "ws", "wz"], ["wd"], axis=1, name="w_DQ"),
+             helper.make_node("MatMul", ["x", "wd"], ["y"])]  # fmt: skip
+    inits = [_t("w", w), _t("ws", np.array([0.01, 0.01], np.float32)), _t("wz", np.zeros(2, np.int8)),
+             _t("hi", np.array(hi), bound_dt)]  # fmt: skip
+    if lo is not None:
+        inits.append(_t("lo", np.array(lo), bound_dt))
+    return nodes, inits
+
+
+def test_clipped_weight_narrows_the_range(tmp_path: Path) -> None:
+    """Q -> Clip(-127, 127) -> DQ: a type with qmin -127, so -1.28 stays -127 as in the source, not -128."""
+    proto = _model(*_clipped_weight(-127, 127))
+    g = import_onnx(proto)
+    q = g.constants["w"].quant
+    assert isinstance(q, QuantType) and (q.qmin, q.qmax) == (-127, 127) and q.scheme.value == "sym"
+    assert [n.op_type for n in g.nodes] == ["MatMul"] and "lo" not in g.constants
+    _check_same_as_ort(proto, tmp_path, np.random.default_rng(4).uniform(-1, 1, (2, 4)).astype(np.float32))
+
+
+def test_clip_without_min_keeps_the_storage_minimum(tmp_path: Path) -> None:
+    proto = _model(*_clipped_weight(None, 100))
+    q = import_onnx(proto).constants["w"].quant
+    assert isinstance(q, QuantType) and (q.qmin, q.qmax) == (-128, 100)
+    _check_same_as_ort(proto, tmp_path, np.random.default_rng(5).uniform(-1, 1, (2, 4)).astype(np.float32))
+
+
+def test_clip_narrowing_an_activation_is_kept_as_ops() -> None:
+    """The Q/DQ lowering of activations saturates at the storage range, so a narrowed activation stays explicit."""
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="x_Q"),
+             helper.make_node("Clip", ["xq", "", "hi"], ["xc"], name="x_Clip"),
+             helper.make_node("DequantizeLinear", ["xc", "s", "z"], ["xd"], name="x_DQ"),
+             helper.make_node("Relu", ["xd"], ["y"])]  # fmt: skip
+    inits = [_t("s", np.array(0.05, np.float32)), _t("z", np.array(0, np.uint8)), _t("hi", np.array(127, np.uint8))]
+    g = import_onnx(_model(nodes, inits))
+    assert [n.op_type for n in g.nodes] == ["QuantizeLinear", "Clip", "DequantizeLinear", "Relu"]
+    assert g.inputs[0].quant is None
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi", "bound_dt", "error", "match"),
+    [
+        (5, 5, TensorProto.INT8, QDQParameterError, r"w_Clip.*clips i8 data to \[5, 5\], which leaves 1 level"),
+        (0, 127, TensorProto.UINT8, QDQParameterError, r"w_Clip.*min %lo is u8\[\]; expected a i8 scalar"),
+    ],
+)
+def test_bad_clip_is_refused(lo: int, hi: int, bound_dt: int, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        import_onnx(_model(*_clipped_weight(lo, hi, bound_dt=bound_dt)))
+
+
+def test_runtime_clip_bound_is_unsupported() -> None:
+    nodes, inits = _clipped_weight(-127, 127)
+    nodes.insert(0, helper.make_node("Identity", ["hi0"], ["hi"]))  # not folded away: hi0 is a graph input
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])
+    hi0 = helper.make_tensor_value_info("hi0", TensorProto.INT8, [])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph(nodes, "g", [x, hi0], [y], [i for i in inits if i.name != "hi"])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    with pytest.raises(UnsupportedOpError, match=r"w_Clip.*its max %hi is computed at run time"):
+        import_onnx(proto)
+
+
+def test_stored_weight_is_named_after_its_parameter() -> None:
+    """PT2E stores weights as `_frozen_paramN`; the reader's source module names them (`fc.weight`, `fc.bias`)."""
+    nodes = [helper.make_node("DequantizeLinear", ["_frozen_param0", "ws"], ["dequantize_per_channel"], axis=0),
+             helper.make_node("DequantizeLinear", ["_frozen_param1", "bs"], ["dequantize_bias"]),
+             helper.make_node("Gemm", ["x", "dequantize_per_channel", "dequantize_bias"], ["y"], transB=1,
+                              name="node_linear")]  # fmt: skip
+    helper.set_metadata_props(nodes[2], {"quantir.source.module": "fc", "quantir.source.type": "torch.nn.Linear"})
+    inits = [_t("_frozen_param0", np.ones((3, 4), np.int8)), _t("ws", np.full(3, 0.1, np.float32)),
+             _t("_frozen_param1", np.arange(3, dtype=np.int32)), _t("bs", np.array(0.001, np.float32))]  # fmt: skip
+    g = import_onnx(_model(nodes, inits))
+    assert sorted(g.constants) == ["fc.bias", "fc.weight"]
+    assert all(isinstance(c.quant, QuantType) for c in g.constants.values())
+
+
+def test_constant_expression_scale_says_to_fold_it() -> None:
+    """torch.onnx.export(..., optimize=False) writes Cast(initializer) scales; the error says how to fix that."""
+    nodes = [helper.make_node("Cast", ["s0"], ["s"], to=TensorProto.FLOAT, name="node_Cast_1"),
+             *_qdq("x", "xd", "s", "z")]  # fmt: skip
+    inits = [_t("s0", np.array(0.05, np.float32)), _t("z", np.array(0, np.uint8))]
+    with pytest.raises(UnsupportedOpError, match=r"xd_Q.*scale %s is computed at run time by Cast node 'node_Cast_1' "
+                                                 r"from constants only; constant-fold the model first"):  # fmt: skip
+        import_onnx(_bad(nodes, inits))
