@@ -252,6 +252,20 @@ def test_cli_retargets_pt2e_without_calib(pt2e: dict[str, Path], tmp_path: Path)
     assert (out / "model.xml").exists()
 
 
+def test_cli_offers_and_applies_int32_biases_for_onnx_qdq(pt2e: dict[str, Path], tmp_path: Path) -> None:
+    def convert(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "quantir.tools.cli", "convert", str(pt2e["xnnpack"]), "--to",
+                               "onnx-qdq", "-o", str(tmp_path / str(len(extra))), *extra], capture_output=True,
+                              text=True, env={**os.environ, "QUANTIR_TRACEBACK": "0"}, timeout=300)  # fmt: skip
+
+    plain = convert()
+    assert plain.returncode == 0, plain.stderr
+    assert "QLinearConv needs an int32 bias" in plain.stdout and "rerun with --requantize-weights" in plain.stdout
+    fixed = convert("--requantize-weights")
+    assert fixed.returncode == 0, fixed.stderr
+    assert fixed.stdout.count("float bias quantized to int32") == 4 and "100% (4/4" in fixed.stdout
+
+
 def test_x86_256_level_weights_are_reported_for_openvino(pt2e: dict[str, Path]) -> None:
     """X86InductorQuantizer's weights use -128; OpenVINO's rule is 255 levels: said, and requantize narrows them."""
     graph = import_onnx(pt2e["x86"])
