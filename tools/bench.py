@@ -186,6 +186,18 @@ def _evaluate(name: str, session: Any, reference: np.ndarray | None) -> tuple[fl
     return (1.0 if reference is None else mean_cosine(emb, reference)), emb
 
 
+def _ties(logits: np.ndarray) -> tuple[int, float]:
+    """Digits images whose largest logit is shared by several classes (quantized logits can be bit-identical; argmax
+    then picks the lowest class index), and top-1 in percent counting such an image as wrong."""
+    from quantir.tools.digits import load_digits_split
+
+    labels = load_digits_split().test_y
+    top = logits.max(axis=1, keepdims=True)
+    tied = (logits == top).sum(axis=1) > 1
+    correct = (logits.argmax(axis=1) == labels) & ~tied
+    return int(tied.sum()), float(correct.mean() * 100)
+
+
 SUBSETS = 4
 """Disjoint 256-image calibration sets drawn from the digits training images, for `_calibration_subsets`."""
 
@@ -224,6 +236,7 @@ def _calibration_subsets(work: Path) -> dict[str, list[dict[str, float]]]:
             logits = ort_session(path).run(None, {"x": split.test_x})[0]
             rows[tool].append({
                 "top1": float((logits.argmax(1) == split.test_y).mean() * 100),
+                "strict_top1": _ties(logits)[1],
                 "fp32_agreement": float((logits.argmax(1) == reference.argmax(1)).mean() * 100),
                 "rel_l2": float(np.linalg.norm(logits - reference) / np.linalg.norm(reference)),
             })  # fmt: skip
@@ -231,13 +244,16 @@ def _calibration_subsets(work: Path) -> dict[str, list[dict[str, float]]]:
 
 
 def _subsets_table(rows: dict[str, list[dict[str, float]]]) -> str:
-    lines = [f"digits over {SUBSETS} disjoint 256-image calibration sets (held-out top-1 / top-1 agreement with FP32 "
-             "/ logits rel L2 vs FP32, per set, then mean):"]  # fmt: skip
+    lines = [
+        f"digits over {SUBSETS} disjoint 256-image calibration sets (held-out top-1 / the same counting tied top "
+        "logits as wrong / top-1 agreement with FP32 / logits rel L2 vs FP32, per set, then mean):"
+    ]
     for tool, runs in rows.items():
-        cells = [f"{r['top1']:.2f}% / {r['fp32_agreement']:.2f}% / {r['rel_l2']:.4f}" for r in runs]
+        cells = [f"{r['top1']:.2f}% / {r['strict_top1']:.2f}% / {r['fp32_agreement']:.2f}% / {r['rel_l2']:.4f}"
+                 for r in runs]  # fmt: skip
         mean = {key: float(np.mean([r[key] for r in runs])) for key in runs[0]}
-        lines.append(f"  {tool:8s} " + " | ".join(cells) + f" || mean {mean['top1']:.2f}% / "
-                     f"{mean['fp32_agreement']:.2f}% / {mean['rel_l2']:.4f}")  # fmt: skip
+        lines.append(f"  {tool:8s} " + " | ".join(cells) + f" || mean {mean['top1']:.2f}% / {mean['strict_top1']:.2f}%"
+                     f" / {mean['fp32_agreement']:.2f}% / {mean['rel_l2']:.4f}")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -332,6 +348,7 @@ def _bench_model(name: str, tools: Sequence[str], factor: int, work: Path, repea
             row["accuracy"], outputs = _evaluate(name, sessions[tool], reference)
             if name == "digits" and reference is not None:  # fidelity to FP32, beyond a 597-image top-1
                 row["fp32_rel_l2"] = float(np.linalg.norm(outputs - reference) / np.linalg.norm(reference))
+                row["tied_top1"], row["strict_accuracy"] = _ties(outputs)
             if ov_row:
                 heavy = _op_counts(source)
                 cov = ov_int8_coverage(sessions[tool].compiled)
@@ -382,6 +399,8 @@ def _table(results: dict[str, Any], factor: int) -> str:
                 lines.append(f"| {model} | {label} | FAILED: {row['error'].replace('|', '/')} |" + " |" * 10)
                 continue
             acc = f"{row['accuracy']:.2f}%" if model == "digits" else f"cos {row['accuracy']:.4f}"
+            if row.get("tied_top1"):
+                acc += f" ({row['tied_top1']} tied top-1; {row['strict_accuracy']:.2f}% counting ties as wrong)"
             if "fp32_rel_l2" in row:
                 acc += f" (logits rel L2 vs FP32 {row['fp32_rel_l2']:.4f})"
             lat = {b: row["latency_ms"][b] for b in (1, 32)} if "latency_ms" in row else {}
