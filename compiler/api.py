@@ -22,7 +22,6 @@ from quantir.compiler.passes.smooth_quant import CHANNEL_RANGES_KEY, TARGETS_KEY
 from quantir.compiler.quantized_model import QuantizedModel
 from quantir.compiler.targets import target
 from quantir.frontends.onnx import import_onnx
-from quantir.frontends.torch import import_torch
 from quantir.ir import ConfigError, Graph, QuantirError
 from quantir.ir.clone import clone_graph
 
@@ -43,6 +42,8 @@ def _load(model: Any, example_inputs: Any = None, dynamic_shapes: Any = None) ->
                 f"a torch.nn.Module ({type(model).__name__}) needs example_inputs to be exported: "
                 "prepare(model, cfg, example_inputs=x) with x a tensor, a tuple or a dict of kwargs"
             )
+        from quantir.frontends.torch import import_torch  # with torch models only: ONNX users never load it
+
         return import_torch(model, example_inputs, dynamic_shapes=dynamic_shapes)
     if isinstance(model, Graph):
         return clone_graph(model)[0]
