@@ -58,11 +58,20 @@ def _load(model: Any, example_inputs: Any = None, dynamic_shapes: Any = None) ->
 class PreparedModel:
     """A model annotated for quantization. Calling it runs the float model and calibrates on the inputs."""
 
-    def __init__(self, graph: Graph, config: StaticQuantConfig, backend: str, ctx: PassContext) -> None:
+    def __init__(
+        self,
+        graph: Graph,
+        config: StaticQuantConfig,
+        backend: str,
+        ctx: PassContext,
+        print_ir_after: PrintMode | None = None,
+    ) -> None:
         self.graph = graph
         self.config = config
         self.backend = backend
         self.ctx = ctx
+        self.print_ir_after = print_ir_after
+        """prepare's `print_ir_after`, which `convert` applies to its own passes too."""
         self._calibrator: Calibrator | None = None
 
     @property
@@ -121,7 +130,7 @@ def prepare(
     PassManager(passes, print_ir_after=mode).run(graph, ctx)
     if cfg.smooth_quant:
         ctx.data[TARGETS_KEY] = select_smoothing_targets(graph)
-    prepared = PreparedModel(graph, cfg, backend, ctx)
+    prepared = PreparedModel(graph, cfg, backend, ctx, print_ir_after=mode)
     if example_inputs is not None:
         validate_batch(example_inputs, graph)
     return prepared
@@ -139,7 +148,7 @@ def convert(prepared: PreparedModel) -> QuantizedModel:
     if prepared.config.smooth_quant:
         ctx.data[CHANNEL_RANGES_KEY] = prepared.calibrator.channel_ranges()
         passes.insert(0, SmoothQuant(alpha=prepared.config.smooth_quant_alpha))
-    PassManager(passes).run(prepared.graph, ctx)
+    PassManager(passes, print_ir_after=prepared.print_ir_after).run(prepared.graph, ctx)
     steps = float_output_steps(prepared.graph, prepared.calibrator.output_ranges(), caps.convention)
     if steps:
         ctx.data["calibration"]["output_steps"] = steps

@@ -90,6 +90,15 @@ def test_sampling_size_option(tmp_path: Path, npz: Path, capsys: pytest.CaptureF
         assert json.loads((tmp_path / "a" / target / "quantir.json").read_text())["calibration"]["samples"] == 256
 
 
+def test_print_ir_after_all_covers_prepare_and_convert(tmp_path: Path, npz: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    rc, _, err = _run(capsys, "--calib", str(npz), "-o", str(tmp_path / "a"), "--print-ir-after-all")
+    assert rc == 0, err
+    printed = re.findall(r"^// -----// IR after (\S+)", err, flags=re.MULTILINE)
+    assert printed == ["canonicalize", "fold-constants", "dce", "annotate", "compute-qparams"], printed
+    assert "scale" in err.split("IR after compute-qparams")[1]  # the calibrated types appear in the text
+
+
 def test_config_file_fallback_shows_fc1_float(tmp_path: Path, npz: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "fc1_float.yaml"
     cfg.write_text("local:\n  fc1:\n    w_dtype: fp32\n    act_dtype: fp32\n")
