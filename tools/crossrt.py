@@ -19,9 +19,11 @@ The second, stricter figure is also reported for every float output that has it 
 it means the two runtimes computed the float tail from (nearly) the same codes. Outputs with neither get no LSB
 figure (only max |diff|).
 
-Argmax agreement is reported for 2-D outputs. As a diagnostic, the OpenVINO artifact's own fake-quant reference
-(`model.qdq.onnx`, the graph OpenVINO converted) is also run in ONNX Runtime: its distance to OpenVINO isolates
-the runtimes' integer arithmetic from differences between the two backends' legalized graphs.
+Argmax agreement and the smallest row-wise cosine similarity are reported for 2-D outputs (logits, embeddings:
+a sentence embedding after normalization has no quantization step, so the cosine is its measure). As a
+diagnostic, the OpenVINO artifact's own fake-quant reference (`model.qdq.onnx`, the graph OpenVINO converted) is
+also run in ONNX Runtime: its distance to OpenVINO isolates the runtimes' integer arithmetic from differences
+between the two backends' legalized graphs.
 
 "The same IR": the two backends legalize their own copy of the IR, so the manifests' `ir_sha256` (a hash of the
 legalized graph) legitimately differ. The artifacts are accepted when the hashes are equal, or when their
@@ -62,6 +64,8 @@ class CrossRow:
     """max |ORT(OpenVINO's model.qdq.onnx) - OpenVINO|: the runtimes alone, same graph."""
     input_step: float | None = None
     """A float output's producer's input activation scale (the stricter unit; see the module docstring)."""
+    min_cosine: float | None = None
+    """Smallest cosine similarity between the two runtimes' rows (2-D outputs: embeddings, logits)."""
 
     @property
     def lsb(self) -> float | None:
@@ -98,16 +102,17 @@ class CrossRuntimeReport:
 
     def format(self) -> str:
         lines = [f"ORT ({self.onnx_qdq}) vs OpenVINO ({self.openvino}) on {self.samples} samples; {self.identity}",
-                 "| output | max abs diff | LSB step (kind) | diff in LSB | argmax agree | same-graph diff in LSB "
-                 "| diff in input-activation steps |",
-                 "|---|---|---|---|---|---|---|"]  # fmt: skip
+                 "| output | max abs diff | LSB step (kind) | diff in LSB | argmax agree | min row cosine "
+                 "| same-graph diff in LSB | diff in input-activation steps |",
+                 "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in self.rows:
             step = "-" if r.step is None else f"{r.step:.4g} ({r.step_kind})"
             lsb = "-" if r.lsb is None else f"{r.lsb:.3f}"
             same = "-" if r.same_graph_lsb is None else f"{r.same_graph_lsb:.3f}"
             arg = "-" if r.argmax is None else f"{r.argmax:.2%}"
             inp = "-" if r.input_lsb is None else f"{r.input_lsb:.3f} (step {r.input_step:.4g})"
-            lines.append(f"| {r.name} | {r.max_abs:.4g} | {step} | {lsb} | {arg} | {same} | {inp} |")
+            cos = "-" if r.min_cosine is None else f"{r.min_cosine:.6f}"
+            lines.append(f"| {r.name} | {r.max_abs:.4g} | {step} | {lsb} | {arg} | {cos} | {same} | {inp} |")
         return "\n".join(lines)
 
 
@@ -203,6 +208,13 @@ def _float_output_steps(model_path: Path) -> dict[str, tuple[float, str]]:
     return steps
 
 
+def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    norms = np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1)
+    cos = np.where(norms > 0, np.sum(a64 * b64, axis=1) / np.where(norms > 0, norms, 1.0), 1.0)
+    return float(np.min(cos, initial=1.0))
+
+
 def _ort_run(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     from quantir.backends.onnx_proto import ort_session, run_all
 
@@ -253,6 +265,9 @@ def cross_runtime(path: str | os.PathLike[str], inputs: dict[str, np.ndarray]) -
             step, kind = float_steps[name]
         else:
             step, kind = None, "none"
-        argmax = float(np.mean(a.argmax(1) == b.argmax(1))) if a.ndim == 2 and a.shape[1] > 1 else None
-        report.rows.append(CrossRow(name, diff, step, kind, argmax, same, input_step))
+        rows = a.ndim == 2 and a.shape[1] > 1
+        argmax = float(np.mean(a.argmax(1) == b.argmax(1))) if rows else None
+        report.rows.append(
+            CrossRow(name, diff, step, kind, argmax, same, input_step, _min_cosine(a, b) if rows else None)
+        )
     return report

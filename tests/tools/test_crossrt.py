@@ -77,6 +77,8 @@ def test_imported_models_fall_back_to_the_input_activation_step(
 
 def test_argmax_agrees_on_every_calibration_image(report: CrossRuntimeReport) -> None:
     assert report.rows[0].argmax == 1.0
+    cosine = report.rows[0].min_cosine
+    assert cosine is not None and 0.999 < cosine <= 1.0 + 1e-9
 
 
 def test_ort_and_openvino_agree_within_one_output_lsb(report: CrossRuntimeReport) -> None:
