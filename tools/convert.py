@@ -121,7 +121,10 @@ def run_retarget(args: argparse.Namespace, targets: list[str]) -> int:
     from quantir.ir.clone import clone_graph
 
     t0 = time.perf_counter()
-    source = import_onnx(args.model)  # inconsistent Q/DQ parameters fail here, before anything is written
+    left: list[str] = []
+    source = import_onnx(args.model, qdq_left=left)  # inconsistent Q/DQ parameters fail here, before any write
+    for line in left:
+        print(f"kept as an op (its value stays float): {line}")
     fix = bool(getattr(args, "requantize_weights", False))
     models: list[QuantizedModel] = []
     for t in targets:
@@ -134,7 +137,7 @@ def run_retarget(args: argparse.Namespace, targets: list[str]) -> int:
             if fix:
                 for line in requantize(graph, t):
                     print(f"  requantized {line}")
-            else:
+            elif requantize(clone_graph(graph)[0], t):  # offered only where it changes something
                 print(f"  to requantize the weights for {t} (activations keep the source's scales), rerun with "
                       "--requantize-weights")  # fmt: skip
         models.append(from_quantized(graph, t, source=f"Q/DQ parameters of {args.model}"))

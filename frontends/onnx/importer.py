@@ -73,12 +73,14 @@ def import_onnx(
     *,
     base_dir: str | os.PathLike[str] | None = None,
     qdq: bool = True,
+    qdq_left: list[str] | None = None,
 ) -> Graph:
     """Import `model` into a verified IR graph.
 
     `base_dir` is the folder external-data locations are relative to; it defaults to the model file's folder,
     and must be given for a `ModelProto` that has external data. With `qdq` (the default), QuantizeLinear/
     DequantizeLinear patterns become quant types on values (see `qdq_import`); `qdq=False` keeps them as ops.
+    `qdq_left`, when given, receives one line per Q/DQ node left as an op, with why.
     """
     if isinstance(model, onnx.ModelProto):
         proto = model
@@ -94,7 +96,9 @@ def import_onnx(
     try:
         graph = _Builder(proto, infer_value_types(proto), base).build()
         if qdq:
-            raise_qdq(graph)
+            report = raise_qdq(graph)
+            if qdq_left is not None:
+                qdq_left.extend(report.left)
         verify(graph)
     except (IRError, VerifyError) as e:
         raise FrontendError(f"ONNX graph {proto.graph.name!r} does not form a valid IR graph: {e}") from e

@@ -96,3 +96,50 @@ def test_cli_refuses_inconsistent_qdq(ort_models: dict[bool, Path], tmp_path: Pa
     assert r.returncode == 2
     assert "inconsistent quantization parameters" in r.stderr and "differ in scale" in r.stderr
     assert "Traceback" not in r.stderr and not out.exists()
+
+
+def _narrowed_activation_model(path: Path) -> Path:
+    """x -> Q(u8) -> Clip(max 127) -> DQ -> Conv(int8 weight DQ) -> Q -> DQ: the activation's narrowed range is
+    something the IR keeps as ops (torch.onnx's fake quant with range [0, 127] exports this)."""
+    from onnx import TensorProto, helper
+
+    w = np.random.default_rng(0).integers(-127, 127, (4, 3, 3, 3)).astype(np.int8)
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="x_Q"),
+             helper.make_node("Clip", ["xq", "", "hi"], ["xc"], name="x_Clip"),
+             helper.make_node("DequantizeLinear", ["xc", "s", "z"], ["xd"], name="x_DQ"),
+             helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=0, name="w_DQ"),
+             helper.make_node("Conv", ["xd", "wd"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("QuantizeLinear", ["c", "s2", "z"], ["cq"], name="c_Q"),
+             helper.make_node("DequantizeLinear", ["cq", "s2", "z"], ["y"], name="c_DQ")]  # fmt: skip
+    arrays = {
+        "s": np.array(0.05, np.float32),
+        "z": np.array(0, np.uint8),
+        "hi": np.array(127, np.uint8),
+        "w": w,
+        "ws": np.full(4, 0.01, np.float32),
+        "wz": np.zeros(4, np.int8),
+        "s2": np.array(0.1, np.float32),
+    }
+    inits = [numpy_helper.from_array(a, n) for n, a in arrays.items()]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], inits)  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]), os.fspath(path))
+    return path
+
+
+def test_q_dq_kept_as_ops_convert_to_openvino_and_say_why(tmp_path: Path) -> None:
+    """The kept Q/DQ ops become FakeQuantizes of their own in OpenVINO (not a pattern failure), the CLI says why
+    they were kept, and it offers no --requantize-weights that would change nothing."""
+    model = _narrowed_activation_model(tmp_path / "narrowed.onnx")
+    r = _cli("convert", str(model), "--to", "openvino", "-o", str(tmp_path / "ov"))
+    assert r.returncode == 0, r.stderr
+    assert "kept as an op (its value stays float): Clip node 'x_Clip': narrows the quantized range of %x" in r.stdout
+    assert "Conv node 'conv': quantized in the source, float on OpenVINO" in r.stdout
+    assert "--requantize-weights" not in r.stdout
+    compiled = ov.Core().compile_model(os.fspath(tmp_path / "ov" / "model.xml"), "CPU")
+    x = np.random.default_rng(1).uniform(0, 8, (1, 3, 8, 8)).astype(np.float32)
+    from quantir.backends.onnx_proto import ort_session
+
+    expected = ort_session(model, level="none").run(None, {"x": x})[0]
+    got = np.asarray(compiled({"x": x})[compiled.outputs[0]])
+    assert np.max(np.abs(got - expected)) <= 0.1 + 1e-6  # the output's own step: one LSB at most
