@@ -101,6 +101,33 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args)
 
 
+def _cmd_layers(args: argparse.Namespace) -> int:
+    """`quantir layers MODEL --calib DATA.npz`: every quantized activation against the float model, in SQNR."""
+    import json
+    from pathlib import Path
+
+    from quantir.backends.onnx_proto.artifact import read_manifest
+    from quantir.compiler.calib_data import feeds
+    from quantir.frontends.onnx import import_onnx
+    from quantir.tools.layer_error import layer_errors, rows_as_json
+
+    path = Path(args.model)
+    if path.is_dir():
+        doc = read_manifest(path)
+        if doc is None:
+            raise QuantirError(f"{path} is a folder but not a quantir artifact (no readable quantir.json)")
+        path = path / str(doc.get("reference", doc.get("model", "model.onnx")))  # OpenVINO: its QDQ reference
+    if not path.is_file() or path.suffix != ".onnx":
+        raise QuantirError(f"{args.model}: expected a quantized .onnx file or a quantir artifact folder")
+    graph = import_onnx(path)
+    float_graph = import_onnx(args.float_model, qdq=False) if args.float_model else None
+    report = layer_errors(graph, feeds(args.calib, graph, sampling_size=args.samples), float_graph=float_graph)
+    print(report.format(args.top))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"samples": report.samples, "rows": rows_as_json(report)}, indent=2))
+    return EXIT_OK
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     from quantir.tools.convert import run_convert
 
@@ -217,6 +244,17 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=256, help="use the first N samples of --calib (default 256)")
     p.add_argument("--max-lsb", type=float, default=1.0, help="exit 1 above this many LSB (default 1)")
     p.set_defaults(func=_cmd_verify_artifacts)
+
+    p = sub.add_parser("layers", help="per-layer error of a quantized model against its float self (SQNR per tensor)")
+    p.add_argument("model", help="a quantized (QDQ) .onnx file, or a quantir artifact folder")
+    p.add_argument("--calib", required=True, help=".npz of input arrays keyed by input name (axis 0 = samples)")
+    p.add_argument("--samples", type=int, default=256, help="use the first N samples of --calib (default 256)")
+    p.add_argument("--top", type=int, help="show only the N worst tensors, worst first (default: all, graph order)")
+    p.add_argument("--float", dest="float_model",
+                   help="the float .onnx model, tensors matched by name, for the end-to-end error (default: the "
+                   "model with its Q/DQ removed, whose weights are already quantized)")  # fmt: skip
+    p.add_argument("--json", help="also write every row to this JSON file")
+    p.set_defaults(func=_cmd_layers)
 
     p = sub.add_parser("demo", help="run the bundled example end to end and print what it measured")
     p.add_argument("--workdir", help="where to write artifacts (default: a temporary directory)")

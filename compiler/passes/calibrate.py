@@ -8,17 +8,15 @@ never by stored activations. The ranges go to `ctx.data["ranges"]` keyed by valu
 from __future__ import annotations
 
 import sys
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import onnxruntime  # type: ignore[import-untyped]  # noqa: F401  # calibration always runs ORT: load it with the compiler
 
-from quantir.backends.onnx_proto import PROTO_LIMIT, emit_model, ort_session, save_model
+from quantir.backends.onnx_proto.session import graph_session
 from quantir.compiler.calib_data import feeds
 from quantir.compiler.observers import MinMaxObserver, Observer, make_observer
 from quantir.compiler.pass_manager import PassContext, PassResult, register_pass
@@ -69,14 +67,7 @@ class Calibrator:
         self.output_names = [v.name for v in graph.outputs]
         model_graph.outputs = list(dict.fromkeys([*model_graph.outputs, *(vmap[v] for v in values)]))
         # Basic optimizations only: extended fusions could swallow the exposed intermediate tensors.
-        if sum(v.const.nbytes for v in model_graph.constants.values() if v.const is not None) < PROTO_LIMIT:
-            # Small enough for one protobuf: build the session from memory, no temporary file.
-            self.session = ort_session(emit_model(model_graph).SerializeToString(), level="basic")
-        else:
-            with tempfile.TemporaryDirectory(prefix="quantir-calib-") as tmp:
-                path = Path(tmp) / "calibration.onnx"
-                save_model(model_graph, path)
-                self.session = ort_session(path, level="basic")
+        self.session = graph_session(model_graph, level="basic", prefix="quantir-calib-")
         self.fetch = list(dict.fromkeys([*self.output_names, *self.observers, *self.channel_observers]))
 
     def observe(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
