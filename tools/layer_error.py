@@ -14,6 +14,9 @@ it) leaves a graph whose Q/DQ-free form is not the float model at all. For the e
 model (`float_graph`, CLI `--float`): tensors are matched by name. Any quantized model works: quantir's artifacts,
 and QDQ files from ONNX Runtime's tool, NNCF or PyTorch PT2E (raised into quant types on import).
 
+Every element counts: feed sequence models unpadded batches (or batches padded to their longest), or the positions
+an attention mask discards dominate the sums.
+
 Statistics stream over the batches (three sums per tensor, no activations kept):
 - SQNR (dB): 10·log10(Σ float² / Σ (quant - float)²), infinite when they are equal;
 - relative L2: sqrt(Σ (quant - float)² / Σ float²);
