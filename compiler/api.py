@@ -11,13 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from quantir.compiler.calib_data import feeds, validate_batch
+from quantir.compiler.calib_data import validate_batch
 from quantir.compiler.config import StaticQuantConfig
 from quantir.compiler.model_io import load_graph
 from quantir.compiler.output_steps import float_output_steps
 from quantir.compiler.pass_manager import Pass, PassContext, PassManager, PrintMode
 from quantir.compiler.passes import Annotate, Canonicalize, ComputeQParams, EliminateDeadCode, FoldConstants
-from quantir.compiler.passes.calibrate import RANGES_KEY, Calibrator
+from quantir.compiler.passes.calibrate import RANGES_KEY, Calibrator, calibrate_stream
 from quantir.compiler.passes.smooth_quant import CHANNEL_RANGES_KEY, TARGETS_KEY, SmoothQuant, select_smoothing_targets
 from quantir.compiler.quantized_model import QuantizedModel
 from quantir.compiler.targets import target
@@ -88,11 +88,11 @@ class PreparedModel:
         outputs = [self._to_caller(o, item) for o in self.calibrator.observe(feed)]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
-    def calibrate(self, data: Any, *, sampling_size: int | None = None) -> PreparedModel:
-        """Feed calibration data (any form `quantize` accepts) until `sampling_size` samples."""
+    def calibrate(self, data: Any, *, sampling_size: int | None = None, progress: bool | None = None) -> PreparedModel:
+        """Feed calibration data (any form `quantize` accepts) until `sampling_size` samples; a progress line shows
+        on stderr when it is a terminal (`progress=False`: never)."""
         size = sampling_size if sampling_size is not None else self.config.calibration_sampling_size
-        for feed in feeds(data, self.graph, sampling_size=size):
-            self.calibrator.observe(feed)
+        calibrate_stream(self.calibrator, data, self.graph, size, progress=progress)
         return self
 
     @staticmethod

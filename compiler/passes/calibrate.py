@@ -7,7 +7,6 @@ never by stored activations. The ranges go to `ctx.data["ranges"]` keyed by valu
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from quantir.backends.onnx_proto.session import graph_session
 from quantir.compiler.calib_data import feeds
 from quantir.compiler.observers import MinMaxObserver, Observer, make_observer
 from quantir.compiler.pass_manager import PassContext, PassResult, register_pass
+from quantir.compiler.progress import Progress
 from quantir.ir import CalibrationError, Graph, QuantSpec, Scheme, TensorType, Value
 from quantir.ir.clone import clone_graph
 
@@ -109,26 +109,18 @@ class Calibrator:
                 "observer_bytes": sum(o.nbytes for o in self.observers.values())}  # fmt: skip
 
 
-class _Progress:
-    """A progress bar on stderr, when stderr is a terminal and tqdm is installed."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.bar: Any = None
-        if enabled and sys.stderr.isatty():
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, desc="calibrate", unit="sample", file=sys.stderr, leave=False)
-            except ImportError:
-                self.bar = None
-
-    def update(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+def calibrate_stream(calibrator: Calibrator, data: Any, graph: Graph, sampling_size: int,
+                     *, progress: bool | None = None) -> None:  # fmt: skip
+    """Feed `data` (any form `feeds` accepts) to `calibrator` until `sampling_size` samples, showing progress on a
+    terminal (`progress=None`: when stderr is one; False: never)."""
+    bar = Progress(sampling_size, enabled=None if progress is None or progress else False)
+    try:
+        for feed in feeds(data, graph, sampling_size=sampling_size):
+            before = calibrator.samples
+            calibrator.observe(feed)
+            bar.update(calibrator.samples - before)
+    finally:
+        bar.close()
 
 
 @register_pass
@@ -147,14 +139,7 @@ class Calibrate:
             ctx.notes.append("calibrate: no activation is quantized; nothing to observe")
             return PassResult(False)
         calibrator = Calibrator(graph, percentile=self.percentile)
-        bar = _Progress(self.sampling_size, self.progress)
-        try:
-            for feed in feeds(self.data, graph, sampling_size=self.sampling_size):
-                before = calibrator.samples
-                calibrator.observe(feed)
-                bar.update(calibrator.samples - before)
-        finally:
-            bar.close()
+        calibrate_stream(calibrator, self.data, graph, self.sampling_size, progress=None if self.progress else False)
         ctx.data[RANGES_KEY] = calibrator.ranges()
         ctx.data["calibration"] = calibrator.stats()
         return PassResult(True)
