@@ -148,12 +148,24 @@ def _float_side(graph: Graph, float_graph: Graph | None, wanted: list[Value]) ->
         if _weights_on_grid(graph):
             what += " (its weights are already quantized values: activation error only; --float for end to end)"
     else:
+        ours, theirs = [v.name for v in graph.inputs], [v.name for v in float_graph.inputs]
+        if sorted(ours) != sorted(theirs):
+            raise QuantirError(f"the float model's inputs {theirs} are not the quantized model's {ours}: pass the "
+                               "float model this one was quantized from")  # fmt: skip
         ref, _ = clone_graph(float_graph)
         by_name = {v.name: v for v in ref.values() if v.const is None}
         found = {v.name: by_name[v.name] for v in wanted if v.name in by_name}
         what = "the given float model"
     ref.outputs = list(dict.fromkeys([*ref.outputs, *found.values()]))
     return ref, {k: v.name for k, v in found.items()}, what
+
+
+def _run(session: Any, fetch: list[str], feed: dict[str, np.ndarray], what: str, index: int) -> list[Any]:
+    try:
+        return list(session.run(fetch, feed))
+    except Exception as e:  # ORT's own exception types (InvalidArgument, Fail, ...)
+        shapes = {k: tuple(v.shape) for k, v in feed.items()}
+        raise QuantirError(f"ONNX Runtime cannot run {what} on batch {index} (inputs {shapes}): {e}") from e
 
 
 def layer_errors(
@@ -179,9 +191,9 @@ def layer_errors(
     quant_fetch = [dq[v.name].name if v.name in dq else v.name for v in compared]
     sums = {v.name: _Sums() for v in compared}
     samples = 0
-    for feed in batches:
-        f_out = float_session.run(float_fetch, feed)
-        q_out = quant_session.run(quant_fetch, feed)
+    for index, feed in enumerate(batches):
+        f_out = _run(float_session, float_fetch, feed, f"the float side ({what})", index)
+        q_out = _run(quant_session, quant_fetch, feed, "the quantized model", index)
         for v, f, q in zip(compared, f_out, q_out, strict=True):
             sums[v.name].update(np.asarray(f), np.asarray(q))
         first = next(iter(feed.values()), None)

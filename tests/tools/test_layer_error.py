@@ -105,3 +105,19 @@ def test_bad_inputs(calib: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFix
     np.savez(tmp_path / "calib.npz", x=calib[:8])
     assert cli_main(["layers", str(tmp_path), "--calib", str(tmp_path / "calib.npz")]) == 2
     assert "but not a quantir artifact" in " ".join(capsys.readouterr().err.split())
+
+
+@pytest.mark.parametrize(("name", "match"), [("x", "cannot run the float side"), ("z", "float model's inputs")])
+def test_a_float_model_that_does_not_fit_is_a_clear_error(
+    quantized: QuantizedModel, calib: np.ndarray, tmp_path: Path, name: str, match: str
+) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", [name], ["y"])], "g",
+                              [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])])  # fmt: skip
+    path = tmp_path / "other.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(QuantirError, match=match):
+        layer_errors(quantized.ir, _batches(calib[:32]), float_graph=import_onnx(path, qdq=False))
