@@ -88,7 +88,7 @@ class PreparedModel:
         outputs = [self._to_caller(o, item) for o in self.calibrator.observe(feed)]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
-    def calibrate(self, data: Any, *, sampling_size: int | None = None, progress: bool | None = None) -> PreparedModel:
+    def calibrate(self, data: Any, *, sampling_size: int | None = None, progress: bool = True) -> PreparedModel:
         """Feed calibration data (any form `quantize` accepts) until `sampling_size` samples; a progress line shows
         on stderr when it is a terminal (`progress=False`: never)."""
         size = sampling_size if sampling_size is not None else self.config.calibration_sampling_size

@@ -179,21 +179,26 @@ def _evaluate(name: str, session: Any, reference: np.ndarray | None) -> tuple[fl
 
         split = load_digits_split()
         logits = session.run(None, {"x": split.test_x})[0]
-        return float((logits.argmax(axis=1) == split.test_y).mean() * 100), logits
+        return _top1(logits, split.test_y), logits
     from quantir.tools.minilm import CALIBRATION_COUNT, embed, load_sentences, mean_cosine
 
     emb = embed(session, load_sentences()[CALIBRATION_COUNT:], batch_size=MINILM_BATCH)
     return (1.0 if reference is None else mean_cosine(emb, reference)), emb
 
 
-def _ties(logits: np.ndarray) -> tuple[int, float]:
+def _top1(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Digits top-1 in percent."""
+    return float((logits.argmax(axis=1) == labels).mean() * 100)
+
+
+def _rel_l2(outputs: np.ndarray, reference: np.ndarray) -> float:
+    return float(np.linalg.norm(outputs - reference) / np.linalg.norm(reference))
+
+
+def _ties(logits: np.ndarray, labels: np.ndarray) -> tuple[int, float]:
     """Digits images whose largest logit is shared by several classes (quantized logits can be bit-identical; argmax
     then picks the lowest class index), and top-1 in percent counting such an image as wrong."""
-    from quantir.tools.digits import load_digits_split
-
-    labels = load_digits_split().test_y
-    top = logits.max(axis=1, keepdims=True)
-    tied = (logits == top).sum(axis=1) > 1
+    tied = (logits == logits.max(axis=1, keepdims=True)).sum(axis=1) > 1
     correct = (logits.argmax(axis=1) == labels) & ~tied
     return int(tied.sum()), float(correct.mean() * 100)
 
@@ -235,10 +240,10 @@ def _calibration_subsets(work: Path) -> dict[str, list[dict[str, float]]]:
         for tool, path in (("ort", ort_path), ("quantir", work / "subsets" / f"q{k}" / "model.onnx")):
             logits = ort_session(path).run(None, {"x": split.test_x})[0]
             rows[tool].append({
-                "top1": float((logits.argmax(1) == split.test_y).mean() * 100),
-                "strict_top1": _ties(logits)[1],
-                "fp32_agreement": float((logits.argmax(1) == reference.argmax(1)).mean() * 100),
-                "rel_l2": float(np.linalg.norm(logits - reference) / np.linalg.norm(reference)),
+                "top1": _top1(logits, split.test_y),
+                "strict_top1": _ties(logits, split.test_y)[1],
+                "fp32_agreement": _top1(logits, reference.argmax(1)),
+                "rel_l2": _rel_l2(logits, reference),
             })  # fmt: skip
     return rows
 
@@ -347,8 +352,10 @@ def _bench_model(name: str, tools: Sequence[str], factor: int, work: Path, repea
             sessions[tool] = _OVSession(row["model"]) if ov_row else ort_session(row["model"])
             row["accuracy"], outputs = _evaluate(name, sessions[tool], reference)
             if name == "digits" and reference is not None:  # fidelity to FP32, beyond a 597-image top-1
-                row["fp32_rel_l2"] = float(np.linalg.norm(outputs - reference) / np.linalg.norm(reference))
-                row["tied_top1"], row["strict_accuracy"] = _ties(outputs)
+                from quantir.tools.digits import load_digits_split
+
+                row["fp32_rel_l2"] = _rel_l2(outputs, reference)
+                row["tied_top1"], row["strict_accuracy"] = _ties(outputs, load_digits_split().test_y)
             if ov_row:
                 heavy = _op_counts(source)
                 cov = ov_int8_coverage(sessions[tool].compiled)
@@ -405,8 +412,13 @@ def _table(results: dict[str, Any], factor: int) -> str:
                 acc += f" (logits rel L2 vs FP32 {row['fp32_rel_l2']:.4f})"
             lat = {b: row["latency_ms"][b] for b in (1, 32)} if "latency_ms" in row else {}
             seconds = row.get("seconds")
-            first = row.get("first_s", (row.get("import_s", 0) + seconds) if seconds and tool != "fp32" else None)
-            cells = [model, label, _fmt(seconds, ".3f"), _fmt(first, ".3f"), _fmt(row.get("process_s"), ".2f")]
+            cells = [
+                model,
+                label,
+                _fmt(seconds, ".3f"),
+                _fmt(row.get("first_s"), ".3f"),
+                _fmt(row.get("process_s"), ".2f"),
+            ]
             cells.append(_fmt(seconds / base["seconds"] if seconds and "seconds" in base else None, ".0f"))
             big = row.get(f"x{factor}", {})
             big_cell = "FAILED" if "error" in big else _fmt(big.get("peak_rss_mb"), ".0f")
@@ -431,14 +443,10 @@ def _table(results: dict[str, Any], factor: int) -> str:
 
 def _ratios(results: dict[str, Any]) -> dict[str, dict[str, float]]:
     pairs = {model: (rows.get("quantir", {}), rows.get("ort", {})) for model, rows in results["models"].items()}
-
-    def first(row: dict[str, Any]) -> float:
-        return float(row.get("first_s", row["import_s"] + row["seconds"]))
-
     return {
         model: {
             "conversion_s": q["seconds"] / o["seconds"],
-            "import_and_conversion_s": first(q) / first(o),
+            "import_and_conversion_s": q["first_s"] / o["first_s"],
             "peak_rss": q["peak_rss_mb"] / o["peak_rss_mb"],
         }
         for model, (q, o) in pairs.items()

@@ -109,6 +109,7 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     from quantir.backends.onnx_proto.artifact import read_manifest
     from quantir.compiler.calib_data import feeds
     from quantir.frontends.onnx import import_onnx
+    from quantir.ir.atomic import atomic_binary_file
     from quantir.tools.layer_error import layer_errors, rows_as_json
 
     path = Path(args.model)
@@ -124,7 +125,8 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     report = layer_errors(graph, feeds(args.calib, graph, sampling_size=args.samples), float_graph=float_graph)
     print(report.format(args.top))
     if args.json:
-        Path(args.json).write_text(json.dumps({"samples": report.samples, "rows": rows_as_json(report)}, indent=2))
+        with atomic_binary_file(Path(args.json)) as f:  # a reader never sees a half-written file
+            f.write(json.dumps({"samples": report.samples, "rows": rows_as_json(report)}, indent=2).encode())
     return EXIT_OK
 
 

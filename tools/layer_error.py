@@ -129,12 +129,9 @@ def _dequantized(lowered: Graph, names: set[str]) -> dict[str, Value]:
 
 def _weights_on_grid(graph: Graph) -> bool:
     """Whether every quantized constant already holds values on its quantization grid (read from a QDQ file)."""
-    consts = [v for v in graph.constants.values() if isinstance(v.quant, QuantType) and v.const is not None]
-    return bool(consts) and all(
-        np.array_equal(fake_quantize(v.const.numpy(), v.quant), v.const.numpy())
-        for v in consts
-        if v.const is not None and isinstance(v.quant, QuantType)
-    )
+    pairs = [(v.const.numpy(), v.quant) for v in graph.constants.values()
+             if isinstance(v.quant, QuantType) and v.const is not None]  # fmt: skip
+    return bool(pairs) and all(np.array_equal(fake_quantize(w, q), w) for w, q in pairs)
 
 
 def _float_side(graph: Graph, float_graph: Graph | None, wanted: list[Value]) -> tuple[Graph, dict[str, str], str]:

@@ -110,10 +110,10 @@ class Calibrator:
 
 
 def calibrate_stream(calibrator: Calibrator, data: Any, graph: Graph, sampling_size: int,
-                     *, progress: bool | None = None) -> None:  # fmt: skip
-    """Feed `data` (any form `feeds` accepts) to `calibrator` until `sampling_size` samples, showing progress on a
-    terminal (`progress=None`: when stderr is one; False: never)."""
-    bar = Progress(sampling_size, enabled=None if progress is None or progress else False)
+                     *, progress: bool = True) -> None:  # fmt: skip
+    """Feed `data` (any form `feeds` accepts) to `calibrator` until `sampling_size` samples, with a progress line
+    when stderr is a terminal (`progress=False`: never)."""
+    bar = Progress(sampling_size, enabled=None if progress else False)
     try:
         for feed in feeds(data, graph, sampling_size=sampling_size):
             before = calibrator.samples
@@ -139,7 +139,7 @@ class Calibrate:
             ctx.notes.append("calibrate: no activation is quantized; nothing to observe")
             return PassResult(False)
         calibrator = Calibrator(graph, percentile=self.percentile)
-        calibrate_stream(calibrator, self.data, graph, self.sampling_size, progress=None if self.progress else False)
+        calibrate_stream(calibrator, self.data, graph, self.sampling_size, progress=self.progress)
         ctx.data[RANGES_KEY] = calibrator.ranges()
         ctx.data["calibration"] = calibrator.stats()
         return PassResult(True)

@@ -37,9 +37,9 @@ def test_progress_is_silent_off_a_terminal() -> None:
     assert out.getvalue() == ""
 
 
-@pytest.mark.parametrize(("progress", "drawn"), [(None, True), (False, False)])
+@pytest.mark.parametrize(("progress", "drawn"), [(True, True), (False, False)])
 def test_prepared_model_calibration_shows_progress_on_a_terminal(
-    monkeypatch: pytest.MonkeyPatch, progress: bool | None, drawn: bool
+    monkeypatch: pytest.MonkeyPatch, progress: bool, drawn: bool
 ) -> None:
     terminal = _Terminal()
     monkeypatch.setattr("sys.stderr", terminal)
