@@ -173,7 +173,8 @@ def layer_errors(
     give it back (see the module docstring). Raises QuantirError when nothing is quantized or no batch is given."""
     acts = _activations(graph)
     if not acts:
-        raise QuantirError("the model has no quantized activation: nothing to compare (is it a float model?)")
+        raise QuantirError("the model has no quantized activation: nothing to compare (is it a float model? quantize "
+                           "it first with `quantir convert MODEL --calib DATA -o DIR`, then compare DIR)")  # fmt: skip
     names = {v.name for v in acts}
     lowered = lower_to_qdq(graph, guard_float_weights=False)
     dq = _dequantized(lowered, names)
