@@ -6,38 +6,56 @@ optionally `dynamic_shapes`) or `torch.export.ExportedProgram`s (through `quanti
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 
-from quantir.compiler.calib_data import validate_batch
-from quantir.compiler.config import StaticQuantConfig
+from quantir.backends.registry import DEFAULT_BACKEND, get_backend
+from quantir.compiler.calibration.data import validate_batch
+from quantir.compiler.config.quant_config import FP8Config, RTNConfig, StaticQuantConfig
 from quantir.compiler.model_io import load_graph
-from quantir.compiler.output_steps import float_output_steps
 from quantir.compiler.pass_manager import Pass, PassContext, PassManager, PrintMode
 from quantir.compiler.passes import Annotate, Canonicalize, ComputeQParams, EliminateDeadCode, FoldConstants
-from quantir.compiler.passes.calibrate import RANGES_KEY, Calibrator, calibrate_stream
-from quantir.compiler.passes.smooth_quant import CHANNEL_RANGES_KEY, TARGETS_KEY, SmoothQuant, select_smoothing_targets
+from quantir.compiler.passes.calibrate import Calibrator, calibrate_stream, for_specs
+from quantir.compiler.passes.smooth_quant import SmoothQuant, select_smoothing_targets, smoothable_inputs
+from quantir.compiler.qparams.output_steps import float_output_steps
+from quantir.compiler.qparams.scales import Convention
 from quantir.compiler.quantized_model import QuantizedModel
-from quantir.compiler.targets import target
 from quantir.frontends.onnx import import_onnx
-from quantir.ir import ConfigError, Graph, QuantirError
+from quantir.ir import ConfigError, Graph, QuantirError, TensorType, Value
 from quantir.ir.clone import clone_graph
 
 __all__ = ["PreparedModel", "convert", "prepare", "quantize"]
 
+_NOT_BUILT = {
+    RTNConfig: "weight-only quantization (RTNConfig) is not implemented yet; quantize with StaticQuantConfig",
+    FP8Config: "FP8 quantization (FP8Config) is not implemented yet; quantize with StaticQuantConfig",
+}
+
+
+def _check_config(cfg: Any, where: str) -> StaticQuantConfig:
+    for kind, missing in _NOT_BUILT.items():
+        if isinstance(cfg, kind):
+            raise NotImplementedError(f"{where}: {missing}")
+    if not isinstance(cfg, StaticQuantConfig):
+        raise ConfigError(f"{where}: quant_config must be a StaticQuantConfig, got {type(cfg).__name__}")
+    return cfg
+
 
 def _is_torch(model: Any) -> bool:
-    """An nn.Module or an ExportedProgram, recognized without importing torch for ONNX users."""
-    if type(model).__name__ == "ExportedProgram" and (type(model).__module__ or "").startswith("torch"):
-        return True
-    return hasattr(model, "forward") and hasattr(model, "state_dict")
+    """An nn.Module or an ExportedProgram; torch is never imported for ONNX users (if it is not loaded, the model
+    cannot be a torch object)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return False
+    return isinstance(model, (torch.nn.Module, torch.export.ExportedProgram))
 
 
 def _load(model: Any, example_inputs: Any = None, dynamic_shapes: Any = None) -> Graph:
     if _is_torch(model):
-        if type(model).__name__ != "ExportedProgram" and example_inputs is None:
+        if not isinstance(model, sys.modules["torch"].export.ExportedProgram) and example_inputs is None:
             raise ConfigError(
                 f"a torch.nn.Module ({type(model).__name__}) needs example_inputs to be exported: "
                 "prepare(model, cfg, example_inputs=x) with x a tensor, a tuple or a dict of kwargs"
@@ -55,31 +73,63 @@ def _load(model: Any, example_inputs: Any = None, dynamic_shapes: Any = None) ->
                        "a torch.nn.Module or a torch.export.ExportedProgram")  # fmt: skip
 
 
+def _is_float(v: Value) -> bool:
+    return v.const is None and isinstance(v.type, TensorType) and v.type.dtype.is_float
+
+
+def _candidates(graph: Graph, backend: str) -> list[str]:
+    """Every non-constant float tensor read or written by an op the backend can run in low precision: what any
+    config could quantize, so calibration observes it whatever the config."""
+    units = get_backend(backend).capabilities.units
+    names: dict[str, None] = {}
+    for node in graph.nodes:
+        if node.op_type in units and node.domain in ("", "ai.onnx"):
+            for v in (*node.inputs, *node.outputs):
+                if v is not None and _is_float(v):
+                    names[v.name] = None
+    return list(names)
+
+
 class PreparedModel:
-    """A model annotated for quantization. Calling it runs the float model and calibrates on the inputs."""
+    """A canonical float model with calibration statistics. Calling it runs the float model and calibrates on the
+    inputs. The statistics do not depend on the config: `convert(prepared, quant_config)` can apply any fallback
+    set or scheme without running the model again. Histograms (for act_algo kl, mse, percentile) are collected for
+    every candidate tensor when prepare's config uses a histogram algorithm anywhere, and not otherwise."""
 
     def __init__(
         self,
         graph: Graph,
         config: StaticQuantConfig,
         backend: str,
-        ctx: PassContext,
         print_ir_after: PrintMode | None = None,
     ) -> None:
         self.graph = graph
+        """The canonical float graph (never annotated: `annotate` works on a copy)."""
         self.config = config
         self.backend = backend
-        self.ctx = ctx
         self.print_ir_after = print_ir_after
         """prepare's `print_ir_after`, which `convert` applies to its own passes too."""
         self._calibrator: Calibrator | None = None
 
+    def annotate(self, quant_config: StaticQuantConfig | None = None) -> tuple[Graph, PassContext]:
+        """A copy of the float graph annotated for `quant_config` (default: prepare's), and its pass context."""
+        cfg = self.config if quant_config is None else quant_config
+        graph = clone_graph(self.graph)[0]
+        ctx = PassContext()
+        PassManager([Annotate(backend=self.backend, config=cfg)], print_ir_after=self.print_ir_after).run(graph, ctx)
+        return graph, ctx
+
     @property
     def calibrator(self) -> Calibrator:
         if self._calibrator is None:
-            targets = self.ctx.data.get(TARGETS_KEY, {})
-            assert isinstance(targets, dict)
-            self._calibrator = Calibrator(self.graph, percentile=self.config.percentile, per_channel=list(targets))
+            annotated, _ = self.annotate()
+            needed = for_specs(annotated)
+            candidates = _candidates(self.graph, self.backend)
+            histograms = [*needed["histograms"], *candidates] if needed["histograms"] else []  # the config uses one
+            channels = [*needed["channels"], *((n, -1) for n in smoothable_inputs(self.graph))]
+            self._calibrator = Calibrator(self.graph, [*needed["observe"], *candidates], histograms=histograms,
+                                          channels=list(dict.fromkeys(channels)),
+                                          required=needed["required"])  # fmt: skip
         return self._calibrator
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -98,9 +148,8 @@ class PreparedModel:
     @staticmethod
     def _to_caller(out: np.ndarray, item: Any) -> Any:
         sample = next(iter(item.values())) if isinstance(item, dict) else (item[0] if isinstance(item, tuple) else item)
-        if hasattr(sample, "detach"):  # torch in, torch out
-            import torch
-
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(sample, torch.Tensor):  # torch in, torch out
             return torch.from_numpy(out)
         return out
 
@@ -109,50 +158,50 @@ def prepare(
     model: Any,
     quant_config: StaticQuantConfig | None = None,
     *,
-    backend: str = "onnx_qdq",
+    backend: str = DEFAULT_BACKEND,
     example_inputs: Any = None,
     dynamic_shapes: Any = None,
     print_ir_after: str | None = None,
 ) -> PreparedModel:
-    """Import, canonicalize and annotate `model`; returns a callable that calibrates on what it is given.
+    """Import and canonicalize `model`; returns a callable that calibrates on what it is given.
 
     A torch `nn.Module` needs `example_inputs` (a tensor, a tuple or a dict of kwargs) and may take
     `dynamic_shapes` (torch.export's; None makes dim 0 of each tensor input dynamic where the model allows it).
     """
-    cfg = quant_config or StaticQuantConfig()
-    if not isinstance(cfg, StaticQuantConfig):
-        raise ConfigError(f"quant_config must be a StaticQuantConfig, got {type(cfg).__name__}")
-    target(backend)  # an unknown backend fails here, before any work
+    cfg = _check_config(quant_config or StaticQuantConfig(), "prepare")
+    backend = get_backend(backend).name  # an unknown backend fails here, before any work
     graph = _load(model, example_inputs, dynamic_shapes)
-    ctx = PassContext()
     mode: PrintMode | None = "all" if print_ir_after == "all" else "change" if print_ir_after == "change" else None
-    passes: list[Pass] = [Canonicalize(), FoldConstants(), EliminateDeadCode(), Annotate(backend=backend, config=cfg)]
-    PassManager(passes, print_ir_after=mode).run(graph, ctx)
-    if cfg.smooth_quant:
-        ctx.data[TARGETS_KEY] = select_smoothing_targets(graph)
-    prepared = PreparedModel(graph, cfg, backend, ctx, print_ir_after=mode)
+    passes: list[Pass] = [Canonicalize(), FoldConstants(), EliminateDeadCode()]
+    PassManager(passes, print_ir_after=mode).run(graph, PassContext())
+    prepared = PreparedModel(graph, cfg, backend, print_ir_after=mode)
+    prepared.annotate()  # the config is checked against the graph here, before any calibration
     if example_inputs is not None:
         validate_batch(example_inputs, graph)
     return prepared
 
 
-def convert(prepared: PreparedModel) -> QuantizedModel:
-    """Compute scales from what the prepared model observed; returns the callable, savable quantized model."""
+def convert(prepared: PreparedModel, quant_config: StaticQuantConfig | None = None) -> QuantizedModel:
+    """Annotate a copy of the prepared float graph for `quant_config` (default: prepare's) and compute its scales
+    from the calibration statistics; `prepared` is not changed, so it converts again with another config."""
     if not isinstance(prepared, PreparedModel):
         raise QuantirError(f"convert() takes the result of prepare(), got {type(prepared).__name__}")
-    ctx = prepared.ctx
-    ctx.data[RANGES_KEY] = prepared.calibrator.ranges()
-    ctx.data["calibration"] = prepared.calibrator.stats()
-    caps = target(prepared.backend)
-    passes: list[Pass] = [ComputeQParams(convention=caps.convention.name.lower())]
-    if prepared.config.smooth_quant:
-        ctx.data[CHANNEL_RANGES_KEY] = prepared.calibrator.channel_ranges()
-        passes.insert(0, SmoothQuant(alpha=prepared.config.smooth_quant_alpha))
-    PassManager(passes, print_ir_after=prepared.print_ir_after).run(prepared.graph, ctx)
-    steps = float_output_steps(prepared.graph, prepared.calibrator.output_ranges(), caps.convention)
+    cfg = prepared.config if quant_config is None else _check_config(quant_config, "convert")
+    graph, ctx = prepared.annotate(cfg)
+    calibrator = prepared.calibrator
+    ctx.ranges = calibrator.ranges_for(graph, percentile=cfg.percentile)
+    ctx.calibration = calibrator.stats()
+    convention = Convention[get_backend(prepared.backend).convention.upper()]
+    passes: list[Pass] = [ComputeQParams(convention=convention.value)]
+    if cfg.smooth_quant:
+        ctx.smooth_targets = select_smoothing_targets(graph)
+        ctx.channel_ranges = calibrator.channel_ranges(ctx.smooth_targets)
+        passes.insert(0, SmoothQuant(alpha=cfg.smooth_quant_alpha))
+    PassManager(passes, print_ir_after=prepared.print_ir_after).run(graph, ctx)
+    steps = float_output_steps(graph, calibrator.output_ranges(), convention)
     if steps:
-        ctx.data["calibration"]["output_steps"] = steps
-    return QuantizedModel(prepared.graph, prepared.backend, prepared.config, ctx)
+        ctx.calibration["output_steps"] = steps
+    return QuantizedModel(graph, prepared.backend, cfg, ctx)
 
 
 def quantize(
@@ -161,7 +210,7 @@ def quantize(
     calib_data: Iterable[Any] | str | os.PathLike[str] | None = None,
     *,
     run_fn: Callable[[PreparedModel], Any] | None = None,
-    backend: str = "onnx_qdq",
+    backend: str = DEFAULT_BACKEND,
     example_inputs: Any = None,
     dynamic_shapes: Any = None,
 ) -> QuantizedModel:

@@ -18,7 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, TextIO, TypeVar, cast, runtime_checkable
 
-from quantir.ir import CalibrationError, ConfigError, Graph, PassError, QuantirError, textio, verify
+import numpy as np
+
+from quantir.backends.contract import LegalizeReport, OpDecision
+from quantir.ir import CalibrationError, ConfigError, Graph, Node, PassError, QuantirError, textio, verify
 from quantir.ir.printer import print_graph
 
 __all__ = [
@@ -42,14 +45,29 @@ class PassResult:
     changed: bool
 
 
+Range = tuple[np.ndarray, np.ndarray]
+
+
 @dataclass(slots=True)
 class PassContext:
-    """State shared by the passes of one pipeline run (never module-level state)."""
+    """State shared by the passes of one pipeline run (never module-level state); every field is typed."""
 
     notes: list[str] = field(default_factory=list)
     """Human-readable remarks passes leave for the report."""
-    data: dict[str, Any] = field(default_factory=dict)
-    """Results passes hand to later passes (e.g. calibration statistics), keyed by producer."""
+    decisions: dict[str, OpDecision] = field(default_factory=dict)
+    """Per node, by its name (`node_label`), whether it is quantized and why (annotate, later passes overwrite)."""
+    ranges: dict[str, Range] = field(default_factory=dict)
+    """Calibrated (min, max) of activations by value name, read by compute-qparams."""
+    channel_ranges: dict[str, Range] = field(default_factory=dict)
+    """Per-channel (last axis) ranges of activations SmoothQuant may smooth, by value name."""
+    smooth_targets: dict[str, list[Node]] = field(default_factory=dict)
+    """Activation name -> the quantized MatMul/Gemm readers smooth-quant scales (chosen on the annotated graph)."""
+    calibration: dict[str, Any] = field(default_factory=dict)
+    """The manifest's calibration record: samples, seconds, observer bytes, output steps."""
+    reduce_range: bool = False
+    """Whether weights use the 7-bit range (annotate decides it from the config and the CPU)."""
+    legalize_report: LegalizeReport | None = None
+    """What the legalize pass kept quantized, removed and changed, and why."""
 
 
 @runtime_checkable

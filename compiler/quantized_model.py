@@ -7,69 +7,46 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from quantir.backends import onnx_qdq, openvino
-from quantir.backends.onnx_proto import ort_session
-from quantir.compiler.calib_data import validate_batch
-from quantir.compiler.config import StaticQuantConfig
-from quantir.compiler.decisions import OpDecision, decisions_of
-from quantir.compiler.pass_manager import PassContext
-from quantir.ir import ConfigError, Graph
+from quantir.backends.contract import HEAVY_OPS, Backend, CapabilityTable, LegalizeReport, OpDecision, Runner
+from quantir.backends.registry import get_backend
+from quantir.compiler.calibration.data import validate_batch
+from quantir.compiler.config.quant_config import StaticQuantConfig
+from quantir.compiler.decisions import decisions_of
+from quantir.compiler.pass_manager import PassContext, PassManager
+from quantir.compiler.passes.legalize import Legalize
+from quantir.ir import Graph
 from quantir.ir.clone import clone_graph
+from quantir.ir.traits import UnitKind
 
 __all__ = ["Legalized", "QuantizedModel"]
-
-_LEGALIZE: dict[str, Callable[[Graph], Any]] = {
-    "onnx_qdq": onnx_qdq.legalize_for_onnx_qdq,
-    "openvino": openvino.legalize_for_openvino,
-}
-"""Per backend: the pass that keeps only what its runtime runs in low precision (mutates a clone, returns a report
-whose `nodes` rows follow the graph's nodes)."""
-
-
-def _emit_openvino(*args: Any, **kwargs: Any) -> Path:
-    """OpenVINO's emitter, imported on first use (the `openvino` package is slow to import)."""
-    from quantir.backends.openvino.emit import emit
-
-    path: Path = emit(*args, **kwargs)
-    return path
-
-
-_EMIT: dict[str, Callable[..., Path]] = {"onnx_qdq": onnx_qdq.emit, "openvino": _emit_openvino}
-"""Per backend: `emit(graph, path, *, manifest)`, which writes the artifact folder atomically."""
-BACKENDS = tuple(_LEGALIZE)
 
 
 @dataclass(slots=True)
 class Legalized:
-    backend: str
+    backend: Backend
     graph: Graph
-    report: Any
+    report: LegalizeReport
     decisions: list[OpDecision]
 
 
-def _backend_key(name: str) -> str:
-    key = name.replace("-", "_")
-    if key not in BACKENDS:
-        raise ConfigError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
-    return key
-
-
-def _merge(annotated: list[OpDecision], legal: list[Any]) -> list[OpDecision]:
-    """The annotate decision, overridden where legalization kept an op float."""
+def _merge(annotated: list[OpDecision], legal: list[OpDecision], caps: CapabilityTable) -> list[OpDecision]:
+    """The annotate decision, overridden where legalization kept an op float, and (for ops the backend absorbs into
+    the kernel before them, such as Relu/Clip) with the legalizer's more precise reason."""
     merged = []
     for a, row in zip(annotated, legal, strict=True):
         if a.quantized and not row.quantized:
             merged.append(OpDecision(a.name, a.op_type, a.module, False, row.reason))
-        elif a.quantized and row.reason and row.reason not in a.reason and a.op_type in ("Relu", "Clip"):
+        elif (a.quantized and row.reason and row.reason not in a.reason
+              and caps.kind(a.op_type) is UnitKind.ABSORBED):  # fmt: skip
             merged.append(OpDecision(a.name, a.op_type, a.module, True, row.reason))
         else:
             merged.append(a)
@@ -81,21 +58,24 @@ class QuantizedModel:
 
     def __init__(self, ir: Graph, backend: str, config: StaticQuantConfig, ctx: PassContext) -> None:
         self.ir = ir
-        self.backend = _backend_key(backend)
+        self.backend = get_backend(backend).name
         self.config = config
         self.ctx = ctx
         self._legal: dict[str, Legalized] = {}
-        self._session: Any = None
+        self._runner: Runner | None = None
         self._tmp: str | None = None
 
     def legalized(self, backend: str | None = None) -> Legalized:
-        key = _backend_key(backend or self.backend)
-        if key not in self._legal:
+        target = get_backend(backend or self.backend)
+        if target.name not in self._legal:
             graph = clone_graph(self.ir)[0]
-            report = _LEGALIZE[key](graph)
-            decisions = _merge(decisions_of(self.ctx.data, self.ir), report.nodes)
-            self._legal[key] = Legalized(key, graph, report, decisions)
-        return self._legal[key]
+            ctx = PassContext()
+            PassManager([Legalize(backend=target.name)]).run(graph, ctx)
+            assert ctx.legalize_report is not None
+            report = ctx.legalize_report
+            decisions = _merge(decisions_of(self.ctx, self.ir), report.nodes, target.capabilities)
+            self._legal[target.name] = Legalized(target, graph, report, decisions)
+        return self._legal[target.name]
 
     def decisions(self, backend: str | None = None) -> list[OpDecision]:
         return self.legalized(backend).decisions
@@ -104,8 +84,8 @@ class QuantizedModel:
         legal = self.legalized(backend)
         return {
             "config": self.config.to_dict(),
-            "calibration": self.ctx.data.get("calibration", {}),
-            "reduce_range": bool(self.ctx.data.get("reduce_range", False)),
+            "calibration": self.ctx.calibration,
+            "reduce_range": self.ctx.reduce_range,
             "decisions": [d.to_json() for d in legal.decisions],
             "legalize": legal.report,
         }
@@ -113,21 +93,25 @@ class QuantizedModel:
     def save(self, path: str | os.PathLike[str], backend: str | None = None) -> Path:
         """Write the artifact for `backend` (default: the one prepared for) into the folder `path`, atomically."""
         legal = self.legalized(backend)
-        return _EMIT[legal.backend](legal.graph, path, manifest=self.manifest(legal.backend))
+        return legal.backend.emit(legal.graph, path, manifest=self.manifest(legal.backend.name))
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self._session is None:
+    def runner(self) -> Runner:
+        """The artifact of the backend prepared for, saved to a temporary folder and loaded in its runtime."""
+        if self._runner is None:
             self._tmp = tempfile.mkdtemp(prefix="quantir-model-")
             weakref.finalize(self, shutil.rmtree, self._tmp, True)
             artifact = self.save(Path(self._tmp) / "artifact")
-            self._session = ort_session(artifact / "model.onnx")
+            self._runner = get_backend(self.backend).load(artifact)
+        return self._runner
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the artifact in its backend's runtime (ONNX Runtime, OpenVINO, ...) on one batch."""
         item: Any = kwargs if kwargs else (args[0] if len(args) == 1 else tuple(args))
         feed = validate_batch(item, self.ir)
-        outputs = self._session.run(None, feed)
+        outputs: list[Any] = self.runner()(feed)
         sample = next(iter(item.values())) if isinstance(item, dict) else (item[0] if isinstance(item, tuple) else item)
-        if hasattr(sample, "detach"):
-            import torch
-
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(sample, torch.Tensor):
             outputs = [torch.from_numpy(np.asarray(o)) for o in outputs]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
@@ -138,7 +122,7 @@ class QuantizedModel:
         table += [(d.name, d.op_type, d.module or "", "yes" if d.quantized else "no", d.reason) for d in rows]
         widths = [max(len(r[i]) for r in table) for i in range(4)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in table]
-        heavy = [d for d in rows if d.op_type in ("Conv", "MatMul", "Gemm", "ConvTranspose")]
+        heavy = [d for d in rows if d.op_type in HEAVY_OPS]
         lines.append("")
         lines.append(f"{sum(d.quantized for d in rows)}/{len(rows)} ops quantized; "
                      f"{sum(d.quantized for d in heavy)}/{len(heavy)} Conv/MatMul/Gemm")  # fmt: skip

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from quantir.compiler.config import StaticQuantConfig
+from quantir.backends.registry import DEFAULT_BACKEND, get_backend
+from quantir.compiler.config.quant_config import StaticQuantConfig
 from quantir.compiler.decisions import record
-from quantir.compiler.pass_manager import PassContext
-from quantir.compiler.qparams import bias_qparams, compute_qparams
-from quantir.compiler.quantized_model import _LEGALIZE, QuantizedModel, _backend_key
-from quantir.compiler.targets import target
-from quantir.ir import DType, Granularity, GranularityKind, Graph, Node, QuantSpec, QuantType, Scheme, Value, verify
+from quantir.compiler.pass_manager import PassContext, PassManager
+from quantir.compiler.passes.unify_shared_ranges import UnifySharedRanges
+from quantir.compiler.qparams.scales import Convention, bias_qparams, compute_qparams
+from quantir.compiler.quantized_model import QuantizedModel
+from quantir.ir import Granularity, GranularityKind, Graph, Node, QuantSpec, QuantType, Value, verify
 from quantir.ir.clone import clone_graph
 from quantir.ir.quant_math import fake_quantize, quantize
 from quantir.ir.traits import traits_of, weight_inputs
@@ -24,7 +25,6 @@ from quantir.ir.traits import traits_of, weight_inputs
 __all__ = [
     "FLOAT_IN_SOURCE",
     "QUANTIZED_BY_SOURCE",
-    "WEIGHT_RULES",
     "float_side_constants",
     "from_quantized",
     "is_quantized_graph",
@@ -38,19 +38,6 @@ COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
 """Ops whose constant weights `requantize` may recompute."""
 
 
-WEIGHT_RULES: dict[str, QuantSpec] = {
-    # OpenVINO's CPU int8 kernels: symmetric i8, per output channel, narrow range (NNCF's 255-level weights)
-    "openvino": QuantSpec(DType.I8, Scheme.SYM, Granularity.per_channel(0), "minmax", qmin=-127, qmax=127),
-    # ONNX Runtime's QDQ default for int8 weights: symmetric i8 per channel (quantize_static's ±127 range)
-    "onnx_qdq": QuantSpec(DType.I8, Scheme.SYM, Granularity.per_channel(0), "minmax", qmin=-127, qmax=127),
-}
-"""Per backend: the weight type `requantize` gives constant weights of Conv/MatMul/Gemm (the axis is replaced by
-each weight's output-channel axis)."""
-INT32_BIAS = frozenset({"onnx_qdq"})
-"""Backends whose fused kernels need the bias quantized to int32 at s_x·s_w (ORT's QLinearConv/QGemm); a source that
-keeps biases float (PyTorch PT2E does) gets them quantized by `requantize`."""
-
-
 def is_quantized_graph(graph: Graph) -> bool:
     """Whether any value of `graph` carries a calibrated quant type (e.g. raised from Q/DQ nodes)."""
     return any(isinstance(v.quant, QuantType) for v in graph.values())
@@ -62,18 +49,11 @@ def _node_quantized(node: Node) -> bool:
     return any(isinstance(v.quant, QuantType) for v in (*reads, *(o for o in node.outputs if o is not None)))
 
 
-FOLDS_CONSTANT_MATH: dict[str, str] = {
-    "openvino": "OpenVINO's ONNX frontend folds a dequantized constant that no Conv/MatMul/Gemm reads as its weight "
-    "(e.g. BatchNormalization's scale) into a float constant",
-}
-"""Backends whose converter folds quantized constants outside compute-op weights, and why."""
-
-
 def float_side_constants(graph: Graph, backend: str) -> list[str]:
     """Drop the quant type of constants that are not a weight or bias of a Conv/MatMul/Gemm, for a backend that
-    folds them anyway (`FOLDS_CONSTANT_MATH`). Exact: an imported constant already holds dequantize(q), which its
+    folds them anyway (its `folds_constant_math`). Exact: an imported constant already holds dequantize(q), which its
     type maps to itself, so every reader sees the same numbers. Returns one line per constant."""
-    why = FOLDS_CONSTANT_MATH.get(_backend_key(backend))
+    why = get_backend(backend).folds_constant_math
     if why is None:
         return []
     keep: set[int] = set()
@@ -94,25 +74,30 @@ def float_side_constants(graph: Graph, backend: str) -> list[str]:
     return lines
 
 
-def from_quantized(graph: Graph, backend: str = "onnx_qdq", *, source: str = "") -> QuantizedModel:
+def from_quantized(graph: Graph, backend: str = DEFAULT_BACKEND, *, source: str = "") -> QuantizedModel:
     """A `QuantizedModel` of an already-quantized IR: every node's decision says whether the source quantized it.
 
-    For a backend in `FOLDS_CONSTANT_MATH`, quant types of side constants are dropped first (exact; see
-    `float_side_constants`); the lines are in `model.ctx.notes`."""
+    For a backend that folds constant math, quant types of side constants are dropped first (exact; see
+    `float_side_constants`); where the backend moves 8-bit data through a multi-input op without requantizing, the
+    op's types are unified (`unify-shared-ranges`). The lines are in `model.ctx.notes`."""
     verify(graph)
+    target = get_backend(backend)
     ctx = PassContext()
-    ctx.notes.extend(float_side_constants(graph, backend))
+    ctx.notes.extend(float_side_constants(graph, target.name))
+    PassManager([UnifySharedRanges(backend=target.name)]).run(graph, ctx)
     for node in graph.nodes:
         quantized = _node_quantized(node)
-        record(ctx.data, node, quantized, QUANTIZED_BY_SOURCE if quantized else FLOAT_IN_SOURCE)
-    ctx.data["calibration"] = {"samples": 0, "source": source or "quantization parameters of the source model"}
-    return QuantizedModel(graph, _backend_key(backend), StaticQuantConfig(), ctx)
+        record(ctx, node, quantized, QUANTIZED_BY_SOURCE if quantized else FLOAT_IN_SOURCE)
+    ctx.calibration = {"samples": 0, "source": source or "quantization parameters of the source model"}
+    return QuantizedModel(graph, target.name, StaticQuantConfig(), ctx)
 
 
 def _weight_mismatch(backend: str, w: Value, q: QuantType, axis: int) -> str | None:
     """How a weight's source type differs from the target's weight rule (None: it is what the target uses)."""
-    rule = WEIGHT_RULES[backend]
-    runtime = target(backend).runtime
+    target = get_backend(backend)
+    rule, runtime = target.weight_rule, target.runtime
+    if rule is None:
+        return None
     if q.dtype is not rule.dtype:
         return f"weight %{w.name} is {q.dtype}; {runtime} wants {rule.dtype} weights"
     if rule.qmin is not None and w.const is not None and q.qmin < rule.qmin:
@@ -145,21 +130,19 @@ def _weights(graph: Graph) -> list[tuple[Node, Value, QuantType, int]]:
 def target_differences(graph: Graph, backend: str) -> list[str]:
     """Where `backend`'s int8 rules differ from the source's: weights of another form than the target's rule, and
     every op the source quantized that the target's legalization keeps float (with the target's reason)."""
-    key = _backend_key(backend)
+    target = get_backend(backend)
     lines = []
     for node, w, q, axis in _weights(graph):
-        why = _weight_mismatch(key, w, q, axis)
+        why = _weight_mismatch(target.name, w, q, axis)
         if why is not None:
             lines.append(f"{node.describe()}: {why}")
     clone = clone_graph(graph)[0]
-    report = _LEGALIZE[key](clone)  # drops the types of what it keeps float: ask the source graph what was quantized
+    report = target.legalize(clone)  # drops the types of what it keeps float: ask the source graph what was quantized
     for node, row in zip(graph.nodes, report.nodes, strict=True):
         if _node_quantized(node) and not row.quantized and node.op_type in COMPUTE_OPS:
-            lines.append(f"{node.describe()}: quantized in the source, float on {target(key).runtime}: {row.reason}")
-    removed = getattr(report, "removed", {})
-    pairs = removed.items() if isinstance(removed, dict) else [(d.value, d.reason) for d in removed]
-    for name, why in pairs:
-        lines.append(f"%{name}: quantized in the source, float on {target(key).runtime}: {why}")
+            lines.append(f"{node.describe()}: quantized in the source, float on {target.runtime}: {row.reason}")
+    for d in report.removed:
+        lines.append(f"%{d.value}: quantized in the source, float on {target.runtime}: {d.reason}")
     return lines
 
 
@@ -172,19 +155,19 @@ def requantize(graph: Graph, backend: str) -> list[str]:
     """Give every constant weight of a quantized Conv/MatMul/Gemm whose type differs from `backend`'s weight rule
     that rule's type, computed from its (dequantized) payload with the target's convention; biases of the changed
     ops get the matching int32 type s_x·s_w, and so do float biases on a backend that needs int32 ones
-    (`INT32_BIAS`). Activations keep their types. Returns one line per change."""
-    key = _backend_key(backend)
-    caps = target(key)
-    rule = WEIGHT_RULES[key]
+    (its `int32_bias`). Activations keep their types. Returns one line per change."""
+    target = get_backend(backend)
+    rule = target.weight_rule
+    convention = Convention[target.convention.upper()]
     changed = []
     for node, w, q, axis in _weights(graph):
-        mismatch = _weight_mismatch(key, w, q, axis) is not None
+        mismatch = _weight_mismatch(target.name, w, q, axis) is not None
         if mismatch:
-            assert w.const is not None
+            assert w.const is not None and rule is not None
             data = np.asarray(w.const.numpy(), dtype=np.float32)
             spec = QuantSpec(rule.dtype, rule.scheme, Granularity.per_channel(axis), "minmax", rule.qmin, rule.qmax)
             lo, hi = _payload_range(data, axis)
-            w.quant = compute_qparams(lo, hi, spec, convention=caps.convention)
+            w.quant = compute_qparams(lo, hi, spec, convention=convention)
             changed.append(f"%{w.name}: {_describe(q)} -> {_describe(w.quant)}")
         b_idx = traits_of(node.op_type, node.domain).bias
         b = node.inputs[b_idx] if b_idx is not None and b_idx < len(node.inputs) else None
@@ -195,9 +178,9 @@ def requantize(graph: Graph, backend: str) -> list[str]:
         if isinstance(b.quant, QuantType) and mismatch:
             b.quant = bias_qparams(x.quant, w.quant)
             changed.append(f"%{b.name}: int32 bias rescaled to s_x·s_w")
-        elif b.quant is None and key in INT32_BIAS:
+        elif b.quant is None and target.int32_bias:
             b.quant = bias_qparams(x.quant, w.quant)
-            changed.append(f"%{b.name}: float bias quantized to int32 at s_x·s_w ({caps.runtime}'s fused kernels)")
+            changed.append(f"%{b.name}: float bias quantized to int32 at s_x·s_w ({target.runtime}'s fused kernels)")
     verify(graph)
     return changed
 

@@ -1,7 +1,7 @@
 """The meaning of a `QuantType` as array math: `quantize`, `dequantize`, `fake_quantize` (numpy only).
 
 It lives in the IR layer so that the compiler (calibration, passes) and the backends (weight payloads) share the one
-implementation; `quantir.compiler.qparams` re-exports these functions next to the scale conventions.
+implementation; `quantir.compiler.qparams.scales` re-exports these functions next to the scale conventions.
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ def _cmd_opt(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from quantir.tools.bench import main as bench_main
+    from quantir.tools.dev.bench import main as bench_main
 
     return bench_main(args)
 
@@ -107,7 +107,7 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from quantir.backends.onnx_proto.artifact import read_manifest
-    from quantir.compiler.calib_data import feeds
+    from quantir.compiler.calibration.data import feeds
     from quantir.frontends.onnx import import_onnx
     from quantir.ir.atomic import atomic_binary_file
     from quantir.tools.layer_error import layer_errors, rows_as_json
@@ -219,7 +219,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reproducer", help="directory for a reproducer (input IR + pipeline) if a pass fails")
     p.set_defaults(func=_cmd_opt)
 
-    from quantir.tools.bench import add_arguments as add_bench_arguments
+    from quantir.tools.dev.bench import add_arguments as add_bench_arguments
 
     p = sub.add_parser("bench", help="benchmark quantir against ONNX Runtime's quantize_static (digits, MiniLM)")
     add_bench_arguments(p)

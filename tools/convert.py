@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 
 from quantir.backends.onnx_proto import ort_session
+from quantir.backends.registry import backend_names, get_backend
 from quantir.compiler.api import convert, prepare
-from quantir.compiler.calib_data import feeds
-from quantir.compiler.config import StaticQuantConfig, load_config
-from quantir.compiler.quantized_model import BACKENDS, QuantizedModel
+from quantir.compiler.calibration.data import feeds
+from quantir.compiler.config.quant_config import StaticQuantConfig, load_config
+from quantir.compiler.quantized_model import QuantizedModel
 from quantir.ir import QuantirError
 
 __all__ = ["agreement", "run_convert", "run_retarget", "summarize"]
@@ -73,22 +74,6 @@ def _float_session(source: Path) -> Any:
         return ort_session(path)
 
 
-def _verify_onnx_qdq(path: Path, feed: dict[str, np.ndarray]) -> Any:
-    from quantir.backends.onnx_qdq.verify import verify_onnx_qdq
-
-    return verify_onnx_qdq(path, feed)
-
-
-def _verify_openvino(path: Path, feed: dict[str, np.ndarray]) -> Any:
-    from quantir.backends.openvino.verify import verify_openvino
-
-    return verify_openvino(path, feed)
-
-
-_VERIFY = {"onnx_qdq": _verify_onnx_qdq, "openvino": _verify_openvino}
-"""Per target: load the artifact in its runtime; the report has `coverage_text()` and `run(batch)`."""
-
-
 def _has_qdq(model: str) -> bool:
     """Whether `model` is an ONNX file that already contains QuantizeLinear/DequantizeLinear nodes."""
     if Path(model).suffix != ".onnx" or not Path(model).is_file():
@@ -116,7 +101,6 @@ def run_retarget(args: argparse.Namespace, targets: list[str]) -> int:
     """Convert an already-quantized (QDQ) model: no calibration; print where each target's rules differ from the
     source's and, with `--requantize-weights`, requantize the weights for the target."""
     from quantir.compiler.retarget import from_quantized, requantize, target_differences
-    from quantir.compiler.targets import target
     from quantir.frontends.onnx import import_onnx
     from quantir.ir.clone import clone_graph
 
@@ -131,7 +115,7 @@ def run_retarget(args: argparse.Namespace, targets: list[str]) -> int:
         graph = clone_graph(source)[0]
         diffs = target_differences(graph, t)
         if diffs:
-            print(f"{t}: where {target(t).runtime}'s int8 rules differ from the source model's:")
+            print(f"{t}: where {get_backend(t).runtime}'s int8 rules differ from the source model's:")
             for line in diffs:
                 print(f"  {line}")
             if fix:
@@ -152,7 +136,7 @@ def run_retarget(args: argparse.Namespace, targets: list[str]) -> int:
             print(f"  note: {note}")
         size = args.sampling_size or 100
         feed = next(_batches(args.calib, m, size)) if args.calib else _probe_feed(m)
-        report = _VERIFY[t](path, feed)
+        report = get_backend(t).verify(path, feed)
         print(f"{t}: {path}")
         print(f"  int8 kernel coverage: {report.coverage_text()}")
         if args.calib:
@@ -169,11 +153,16 @@ def run_retarget(args: argparse.Namespace, targets: list[str]) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    key = args.to.replace("-", "_")
-    if key not in (*BACKENDS, "all"):
-        raise QuantirError(f"--to {args.to}: unknown target; expected onnx-qdq, openvino or all")
+    known = backend_names()
+    if args.to == "all":
+        targets = list(known)
+    else:
+        try:
+            targets = [get_backend(args.to).name]
+        except QuantirError:
+            raise QuantirError(f"--to {args.to}: unknown target; expected {', '.join(known)} or all") from None
     if _has_qdq(args.model):
-        return run_retarget(args, list(BACKENDS) if key == "all" else [key])
+        return run_retarget(args, targets)
     if not args.calib:
         raise QuantirError(
             f"{args.model} is a float model: quantizing it needs calibration data (--calib FILE.npz); only a model "
@@ -183,7 +172,6 @@ def run_convert(args: argparse.Namespace) -> int:
         raise QuantirError("--requantize-weights applies to an already-quantized (QDQ) model only")
     cfg = load_config(args.config) if args.config else StaticQuantConfig()
     size = args.sampling_size or cfg.calibration_sampling_size
-    targets = list(BACKENDS) if key == "all" else [key]
     t0 = time.perf_counter()
     mode = "all" if args.print_ir_after_all else "change" if args.print_ir_after_change else None
     prepared = prepare(args.model, cfg, backend=targets[0], print_ir_after=mode)
@@ -194,12 +182,12 @@ def run_convert(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)  # one artifact folder per target inside it
     written = [model.save(out if len(targets) == 1 else out / t, backend=t) for t in targets]
     seconds = time.perf_counter() - t0
-    stats = model.ctx.data.get("calibration", {})
+    stats = model.ctx.calibration
     print(f"converted {args.model} in {seconds:.2f} s ({stats.get('samples', 0)} calibration samples)")
     print(summarize(model))
     for t, path in zip(targets, written, strict=True):
         feed = next(_batches(args.calib, model, size))
-        report = _VERIFY[t](path, feed)
+        report = get_backend(t).verify(path, feed)
         print(f"{t}: {path}")
         print(f"  int8 kernel coverage: {report.coverage_text()}")
         sess = _float_session(Path(args.model))

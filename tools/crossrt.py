@@ -1,6 +1,7 @@
-"""Cross-runtime agreement: run the ONNX QDQ artifact in ONNX Runtime and the OpenVINO artifact in OpenVINO (both
-saved from the same quantized IR, e.g. by `quantir convert --to all`) on the same inputs and report, per output,
-the largest disagreement in units of the output's quantization step (LSB).
+"""Cross-runtime agreement: run two artifacts saved from the same quantized IR (e.g. by `quantir convert --to all`:
+the ONNX QDQ artifact in ONNX Runtime and the OpenVINO artifact in OpenVINO), each loaded by its backend from the
+registry, on the same inputs and report, per output, the largest disagreement in units of the output's quantization
+step (LSB). The first backend in registry order is side A.
 
 The output step (the "LSB") is defined as follows:
 
@@ -41,11 +42,12 @@ from typing import Any
 
 import numpy as np
 
+from quantir.backends.contract import Backend
+from quantir.backends.registry import backend_names, get_backend
 from quantir.ir import SerializationError
 
 __all__ = ["CrossRuntimeReport", "CrossRow", "cross_runtime", "find_artifacts"]
 
-ONNX_QDQ, OPENVINO = "onnx_qdq", "openvino"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +84,12 @@ class CrossRow:
 
 @dataclass(slots=True)
 class CrossRuntimeReport:
-    """Per-output disagreement of ONNX Runtime and OpenVINO on one quantized IR."""
+    """Per-output disagreement of two runtimes on one quantized IR (artifact `a` is the reference side)."""
 
-    onnx_qdq: Path
-    openvino: Path
+    a: Path
+    b: Path
+    runtime_a: str
+    runtime_b: str
     identity: str
     """How the two artifacts were recognised as the same IR."""
     samples: int
@@ -101,7 +105,8 @@ class CrossRuntimeReport:
         return max(values) if values else None
 
     def format(self) -> str:
-        lines = [f"ORT ({self.onnx_qdq}) vs OpenVINO ({self.openvino}) on {self.samples} samples; {self.identity}",
+        head = f"{self.runtime_a} ({self.a}) vs {self.runtime_b} ({self.b}) on {self.samples} samples"
+        lines = [f"{head}; {self.identity}",
                  "| output | max abs diff | LSB step (kind) | diff in LSB | argmax agree | min row cosine "
                  "| same-graph diff in LSB | diff in input-activation steps |",
                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -116,28 +121,35 @@ class CrossRuntimeReport:
         return "\n".join(lines)
 
 
-def find_artifacts(path: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """(onnx_qdq artifact, openvino artifact) of a `convert --to all` folder, or of one artifact's parent folder
-    when `path` is one of the two artifacts (its sibling is looked up next to it)."""
+def _artifacts(path: str | os.PathLike[str]) -> list[tuple[Backend, Path]]:
+    """(backend, artifact) of two backends in a `convert --to all` folder, or in one artifact's parent folder when
+    `path` is an artifact (its sibling is looked up next to it); backends in registry order."""
     from quantir.backends.onnx_proto.artifact import read_manifest
 
     root = Path(path)
-    doc = read_manifest(root)
-    if doc is not None:
+    if read_manifest(root) is not None:
         root = root.parent
     found: dict[str, Path] = {}
     if root.is_dir():
         for child in sorted(root.iterdir()):
             m = read_manifest(child) if child.is_dir() else None
-            if m is not None and m.get("backend") in (ONNX_QDQ, OPENVINO):
+            if m is not None and m.get("backend") in backend_names():
                 found.setdefault(str(m["backend"]), child)
-    missing = [b for b in (ONNX_QDQ, OPENVINO) if b not in found]
-    if missing:
+    names = [n for n in backend_names() if n in found]
+    if len(names) < 2:
+        missing = [n for n in backend_names() if n not in found]
         raise SerializationError(
-            f"{os.fspath(path)!r} does not hold both an onnx_qdq and an openvino quantir artifact (missing: "
-            f"{', '.join(missing)}); write them with `quantir convert MODEL --to all -o DIR`"
+            f"{os.fspath(path)!r} does not hold quantir artifacts of two backends (found: "
+            f"{', '.join(names) or 'none'}; missing: {', '.join(missing)}); write them with "
+            "`quantir convert MODEL --to all -o DIR`"
         )
-    return found[ONNX_QDQ], found[OPENVINO]
+    return [(get_backend(n), found[n]) for n in names[:2]]
+
+
+def find_artifacts(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """The two artifacts `cross_runtime` compares (see `_artifacts`)."""
+    (_, a), (_, b) = _artifacts(path)
+    return a, b
 
 
 def _qparams(model_path: Path) -> dict[str, tuple[Any, Any]]:
@@ -156,7 +168,7 @@ def _qparams(model_path: Path) -> dict[str, tuple[Any, Any]]:
     return out
 
 
-def _identity(qdq: Path, ov_dir: Path, mq: dict[str, Any], mo: dict[str, Any]) -> str:
+def _identity(qdq: Path, ov_dir: Path, mq: dict[str, Any], mo: dict[str, Any], ref_a: Path, ref_b: Path) -> str:
     if mq.get("ir_sha256") and mq.get("ir_sha256") == mo.get("ir_sha256"):
         return f"same ir_sha256 {str(mq['ir_sha256'])[:12]}"
     for key in ("config", "calibration"):
@@ -165,8 +177,8 @@ def _identity(qdq: Path, ov_dir: Path, mq: dict[str, Any], mo: dict[str, Any]) -
                 f"{os.fspath(qdq)!r} and {os.fspath(ov_dir)!r} were not saved from the same quantized IR: their "
                 f"{key!r} records differ; save both from one QuantizedModel (`quantir convert --to all`)"
             )
-    a = _qparams(qdq / str(mq.get("model", "model.onnx")))
-    b = _qparams(ov_dir / str(mo.get("reference", "model.qdq.onnx")))
+    a = _qparams(ref_a)
+    b = _qparams(ref_b)
     shared = sorted(set(a) & set(b))
     differ = [
         t for t in shared
@@ -221,40 +233,45 @@ def _ort_run(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]
     return run_all(ort_session(path), inputs)
 
 
+def _reference(backend: Backend, artifact: Path) -> Path:
+    ref = backend.reference_model(artifact)
+    if ref is None or not ref.is_file():
+        raise SerializationError(
+            f"{os.fspath(artifact)!r} ({backend.name}) has no QDQ reference model of its legalized graph; "
+            "cross-runtime comparison needs one on both sides"
+        )
+    return ref
+
+
 def cross_runtime(path: str | os.PathLike[str], inputs: dict[str, np.ndarray]) -> CrossRuntimeReport:
-    """Run the onnx_qdq artifact in ORT (ORT_ENABLE_ALL, fused integer kernels) and the openvino artifact on
-    OpenVINO's CPU plugin on `inputs`, and report per output the max |ORT - OV| in LSB (see the module docstring).
+    """Run two artifacts of one quantized IR (e.g. the onnx_qdq artifact in ORT with fused integer kernels and the
+    openvino one on OpenVINO's CPU plugin) on `inputs`, each in its own runtime, and report per output the max
+    |A - B| in LSB (see the module docstring).
 
-    `path` is a `convert --to all` folder or either artifact inside one. Raises `SerializationError` when the two
-    artifacts are missing or were not saved from the same IR.
+    `path` is a `convert --to all` folder or one artifact inside one. Raises `SerializationError` when two artifacts
+    are missing or were not saved from the same IR.
     """
-    import openvino as ov
-
     from quantir.backends.onnx_proto.artifact import read_manifest
 
-    qdq, ov_dir = find_artifacts(path)
-    mq, mo = read_manifest(qdq) or {}, read_manifest(ov_dir) or {}
-    identity = _identity(qdq, ov_dir, mq, mo)
-    qdq_model = qdq / str(mq.get("model", "model.onnx"))
-    ort_out = _ort_run(qdq_model, inputs)
-    same_graph = _ort_run(ov_dir / str(mo.get("reference", "model.qdq.onnx")), inputs)
-    try:
-        compiled = ov.Core().compile_model(os.fspath(ov_dir / str(mo.get("model", "model.xml"))), "CPU")
-    except Exception as e:  # OpenVINO's own exception types
-        raise SerializationError(f"OpenVINO cannot compile {os.fspath(ov_dir)!r} on CPU: {e}") from e
-    result = compiled(inputs)
-    ov_out = {port.get_any_name(): np.asarray(result[port]) for port in compiled.outputs}
-    float_steps = _float_output_steps(qdq_model)
+    (backend_a, a_dir), (backend_b, b_dir) = _artifacts(path)
+    ma, mb = read_manifest(a_dir) or {}, read_manifest(b_dir) or {}
+    ref_a, ref_b = _reference(backend_a, a_dir), _reference(backend_b, b_dir)
+    identity = _identity(a_dir, b_dir, ma, mb, ref_a, ref_b)
+    runner_a, runner_b = backend_a.load(a_dir), backend_b.load(b_dir)
+    a_out = dict(zip(runner_a.output_names, runner_a(inputs), strict=True))
+    b_out = dict(zip(runner_b.output_names, runner_b(inputs), strict=True))
+    same_graph = _ort_run(ref_b, inputs)
+    float_steps = _float_output_steps(ref_a)
     samples = len(next(iter(inputs.values()))) if inputs else 0
-    report = CrossRuntimeReport(qdq, ov_dir, identity, samples)
-    for name, a in ort_out.items():
-        if name not in ov_out:
-            raise SerializationError(f"the OpenVINO artifact {os.fspath(ov_dir)!r} has no output {name!r}")
-        b = ov_out[name].astype(np.float64)
-        diff = float(np.max(np.abs(a.astype(np.float64) - b), initial=0.0))
-        same = float(np.max(np.abs(same_graph[name].astype(np.float64) - b), initial=0.0))
-        info = mq.get("outputs", {}).get(name, {})
-        calibrated = mq.get("calibration", {}).get("output_steps", {}).get(name)
+    report = CrossRuntimeReport(a_dir, b_dir, backend_a.runtime, backend_b.runtime, identity, samples)
+    for name, x in a_out.items():
+        if name not in b_out:
+            raise SerializationError(f"the {backend_b.name} artifact {os.fspath(b_dir)!r} has no output {name!r}")
+        y = b_out[name].astype(np.float64)
+        diff = float(np.max(np.abs(x.astype(np.float64) - y), initial=0.0))
+        same = float(np.max(np.abs(same_graph[name].astype(np.float64) - y), initial=0.0))
+        info = ma.get("outputs", {}).get(name, {})
+        calibrated = ma.get("calibration", {}).get("output_steps", {}).get(name)
         input_step = float_steps[name][0] if name in float_steps else None
         step: float | None
         if info.get("quantized"):
@@ -265,9 +282,9 @@ def cross_runtime(path: str | os.PathLike[str], inputs: dict[str, np.ndarray]) -
             step, kind = float_steps[name]
         else:
             step, kind = None, "none"
-        rows = a.ndim == 2 and a.shape[1] > 1
-        argmax = float(np.mean(a.argmax(1) == b.argmax(1))) if rows else None
+        rows = x.ndim == 2 and x.shape[1] > 1
+        argmax = float(np.mean(x.argmax(1) == y.argmax(1))) if rows else None
         report.rows.append(
-            CrossRow(name, diff, step, kind, argmax, same, input_step, _min_cosine(a, b) if rows else None)
+            CrossRow(name, diff, step, kind, argmax, same, input_step, _min_cosine(x, y) if rows else None)
         )
     return report

@@ -18,7 +18,7 @@ import numpy as np
 
 from quantir.backends.onnx_proto import ort_session
 from quantir.compiler.api import convert, prepare
-from quantir.compiler.config import StaticQuantConfig
+from quantir.compiler.config.quant_config import StaticQuantConfig
 from quantir.compiler.model_io import load_graph
 from quantir.ir import first_difference, textio
 from quantir.tools.digits import bundled_model_path, load_digits_split
@@ -51,7 +51,7 @@ def _torch_path(split: Any, out: Path) -> float | None:
     try:
         import torch
 
-        from quantir.tools.train_digits import load_bundled_module
+        from quantir.tools.dev.train_digits import load_bundled_module
     except ImportError:
         print("torch       not installed: the torch path is skipped (pip install -c constraints.txt torch==2.13.0)")
         return None

@@ -38,5 +38,5 @@ def load_digits_split(seed: int = 0) -> DigitsSplit:
 
 
 def bundled_model_path() -> Path:
-    """The digits CNN shipped with quantir (trained by tools/train_digits.py)."""
+    """The digits CNN shipped with quantir (trained by tools/dev/train_digits.py)."""
     return Path(str(resources.files("quantir.tools") / "data" / "digits_cnn.onnx"))

@@ -5,12 +5,13 @@ reference (unoptimized) runs of verification, and the tools.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["ort_session", "run_all"]
+__all__ = ["OrtRunner", "ort_session", "run_all"]
 
 OptLevel = Literal["none", "basic", "extended", "all"]
 
@@ -53,3 +54,15 @@ def run_all(session: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray
     """Every output of `session` on `inputs`, by name."""
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, (np.asarray(a) for a in session.run(names, inputs)), strict=True))
+
+
+class OrtRunner:
+    """An ONNX model in an ORT CPU session, as the contract's `Runner`: feed dict in, outputs in model order out."""
+
+    def __init__(self, model: str | os.PathLike[str] | bytes, *, level: OptLevel = "all") -> None:
+        self.session = ort_session(model, level=level)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return [np.asarray(a) for a in self.session.run(self.output_names, dict(inputs))]

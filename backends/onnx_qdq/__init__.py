@@ -6,12 +6,9 @@
 
 from __future__ import annotations
 
+from quantir.backends.onnx_proto.qdq import lower_to_qdq
 from quantir.backends.onnx_qdq.emit import emit
-from quantir.backends.onnx_qdq.legalize import LegalizeReport, NodeDecision, ValueDecision, legalize_for_onnx_qdq
-from quantir.backends.onnx_qdq.lower import lower_to_qdq
+from quantir.backends.onnx_qdq.legalize import LegalizeReport, legalize_for_onnx_qdq
 from quantir.backends.onnx_qdq.verify import VerifyReport, verify_onnx_qdq
 
-__all__ = [
-    "LegalizeReport", "NodeDecision", "ValueDecision", "VerifyReport", "emit", "legalize_for_onnx_qdq", "lower_to_qdq",
-    "verify_onnx_qdq",
-]  # fmt: skip
+__all__ = ["LegalizeReport", "VerifyReport", "emit", "legalize_for_onnx_qdq", "lower_to_qdq", "verify_onnx_qdq"]

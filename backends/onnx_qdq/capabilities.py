@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
-from quantir.ir import DType, GranularityKind, Node, QuantType, TensorType, Value, traits_of
+from quantir.backends.contract import CapabilityTable, OpCapability
+from quantir.backends.legality import EIGHT_BIT, describe_params, quant_type_of
+from quantir.ir import DType, GranularityKind, Node, QuantType, traits_of
 from quantir.ir.quant_math import quantize
 from quantir.ir.traits import UnitKind
 
@@ -27,30 +28,18 @@ __all__ = [
     "MIN_OPSET_QDQ",
     "OPSET_SIGNATURE_CHANGES",
     "WEIGHT_DTYPES",
+    "RUNTIME",
+    "TABLE",
     "Capability",
     "UnitKind",
-    "activation_problem",
     "bias_problem",
     "capability_of",
-    "describe_params",
     "fold_problem",
-    "quant_type_of",
-    "same_params",
-    "weight_problem",
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class Capability:
-    kind: UnitKind
-    kernel: str = ""
-    """The fused kernel ORT creates when the unit has an output Q."""
-    inputs: tuple[int, ...] | None = (0,)
-    """Input slots that must come from DequantizeLinear; None means every input."""
-    float_output_kernel: str | None = None
-    """The kernel when the output has no Q (None: the output Q is required for fusion)."""
-    min_opset: int = 10
-
+Capability = OpCapability
+"""A row of the table: the contract's one capability shape."""
 
 COMPUTE, DROP, ABSORBED = UnitKind.COMPUTE, UnitKind.DROP, UnitKind.ABSORBED
 
@@ -77,7 +66,11 @@ CAPABILITIES: dict[str, Capability] = {
 }  # fmt: skip
 """Ops ORT's CPU EP runs on integer data when wrapped in Q/DQ; every other op stays float."""
 
-ACTIVATION_DTYPES = frozenset({DType.U8, DType.I8})
+RUNTIME = "ONNX Runtime"
+TABLE = CapabilityTable(RUNTIME, CAPABILITIES)
+"""The table annotation reads (through the registry)."""
+
+ACTIVATION_DTYPES = EIGHT_BIT
 """8-bit activations only: 16-bit, 4-bit and FP8 break compute units. S8 is rewritten to U8 on x86 (QDQS8ToU8)."""
 WEIGHT_DTYPES = frozenset({DType.I8})
 """Symmetric s8 weights with zero point 0 (U8 activations x S8 weights on x86; S8 x S8 via the S8->U8 rewrite)."""
@@ -142,39 +135,12 @@ are not listed."""
 # ---- type constraints of a unit (each returns the reason fusion fails, or None) ---------------------------------
 
 
-def quant_type_of(v: Value | None) -> QuantType | None:
-    """The calibrated quant type of `v`, or None."""
-    return v.quant if v is not None and isinstance(v.quant, QuantType) else None
 
 
-def describe_params(q: QuantType) -> str:
-    """`u8 scale [0.1] zp [3]`, for messages (at most four channels shown)."""
-    return f"{q.dtype} scale {q.scale.reshape(-1)[:4].tolist()} zp {q.zero_point.reshape(-1)[:4].tolist()}"
 
 
-def activation_problem(v: Value, q: QuantType, kernel: str) -> str | None:
-    """Activations of a unit are 8-bit and per tensor (one constant scalar scale and zero point)."""
-    if q.dtype not in ACTIVATION_DTYPES:
-        return f"%{v.name} is {q.dtype}; {kernel} needs 8-bit (u8/s8) activations"
-    if q.granularity.kind is not GranularityKind.PER_TENSOR:
-        return f"%{v.name} is quantized {q.granularity.kind.value}; {kernel} needs one activation scale and zero point"
-    return None
 
 
-def weight_problem(node: Node, w: Value, q: QuantType, axis: int, kernel: str) -> str | None:
-    """Weights are s8 symmetric with zero point 0, per tensor or per channel on the op's output-channel `axis`."""
-    if q.dtype not in WEIGHT_DTYPES:
-        return f"weight %{w.name} is {q.dtype}; {kernel} needs s8 symmetric weights"
-    if q.zero_point.any():
-        return f"weight %{w.name} has nonzero zero points; {kernel} needs symmetric weights with zero point 0"
-    g = q.granularity
-    if g.kind is GranularityKind.PER_GROUP:
-        return f"weight %{w.name} is quantized per group; ONNX Runtime has no 8-bit blocked {kernel}"
-    rank = w.type.rank if isinstance(w.type, TensorType) else None
-    if g.kind is GranularityKind.PER_CHANNEL and g.axis is not None and rank and g.axis % rank != axis:
-        return (f"weight %{w.name} is quantized per channel on axis {g.axis % rank}; the output channels of "
-                f"{node.op_type} are on axis {axis}")  # fmt: skip
-    return None
 
 
 def bias_problem(node: Node, x: QuantType, w: QuantType, kernel: str) -> str | None:
@@ -237,10 +203,6 @@ def fold_problem(act: Node) -> str | None:
     return None
 
 
-def same_params(a: QuantType, b: QuantType) -> bool:
-    """Byte-identical storage type, scale and zero point: what ORT needs to drop Q/DQ around data movement."""
-    return (a.dtype == b.dtype and a.granularity == b.granularity and a.scale.tobytes() == b.scale.tobytes()
-            and a.zero_point.tobytes() == b.zero_point.tobytes())  # fmt: skip
 
 
 def capability_of(node: Node) -> Capability | None:

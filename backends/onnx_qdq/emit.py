@@ -23,8 +23,8 @@ from quantir.backends.onnx_proto.artifact import (
     read_manifest,
     write_artifact,
 )
+from quantir.backends.onnx_proto.qdq import lower_to_qdq, node_names
 from quantir.backends.onnx_qdq.legalize import LegalizeReport, quantized_compute_units
-from quantir.backends.onnx_qdq.lower import lower_to_qdq, node_names
 from quantir.ir import Graph, SerializationError
 
 __all__ = ["BACKEND", "MANIFEST_FILE", "MODEL_FILE", "SCHEMA", "emit", "ir_sha256", "read_manifest"]

@@ -7,98 +7,30 @@ or op left in float has a reason in the `LegalizeReport`. `classify` applies the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
+from quantir.backends.contract import LegalizeReport, OpDecision, ValueChange
+from quantir.backends.legality import activation_problem, describe_params, quant_type_of, same_params, weight_problem
+from quantir.backends.onnx_proto.qdq import node_names, require_calibrated
 from quantir.backends.onnx_qdq.capabilities import (
     ATTRIBUTE_RULES,
     MIN_OPSET_PER_AXIS,
     MIN_OPSET_QDQ,
     OPSET_SIGNATURE_CHANGES,
+    RUNTIME,
     Capability,
     UnitKind,
-    activation_problem,
     bias_problem,
     capability_of,
-    describe_params,
     fold_problem,
-    quant_type_of,
-    same_params,
-    weight_problem,
 )
-from quantir.backends.onnx_qdq.lower import node_names, require_calibrated
 from quantir.ir import GranularityKind, Graph, Node, PassError, QuantType, TensorType, Value, traits_of
 from quantir.ir.printer import format_context
 from quantir.ir.traits import weight_inputs
 
-__all__ = [
-    "LegalizeReport", "NodeDecision", "UnitStatus", "ValueDecision", "classify", "legalize_for_onnx_qdq",
-    "quantized_compute_units",
-]  # fmt: skip
+__all__ = ["LegalizeReport", "UnitStatus", "classify", "legalize_for_onnx_qdq", "quantized_compute_units"]
 
 ORPHAN = "no integer kernel reads or writes it"
-
-
-@dataclass(frozen=True, slots=True)
-class NodeDecision:
-    """Whether a node runs as (part of) an integer kernel, and why or why not."""
-
-    node: str
-    op_type: str
-    module: str
-    quantized: bool
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class ValueDecision:
-    """A quant type legalization removed, and why."""
-
-    value: str
-    reason: str
-
-
-@dataclass(slots=True)
-class LegalizeReport:
-    """Per node: quantized or not, and why; per removed quant type: why; and the opset before and after."""
-
-    nodes: list[NodeDecision] = field(default_factory=list)
-    removed: list[ValueDecision] = field(default_factory=list)
-    opset_before: int = 0
-    opset_after: int = 0
-
-    def __getitem__(self, node: str) -> NodeDecision:
-        for d in self.nodes:
-            if d.node == node:
-                return d
-        raise KeyError(f"no node {node!r} in the legalize report")
-
-    def removed_reason(self, value: str) -> str | None:
-        return next((d.reason for d in self.removed if d.value == value), None)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "opset_before": self.opset_before,
-            "opset_after": self.opset_after,
-            "nodes": [
-                {"node": d.node, "op_type": d.op_type, "module": d.module, "quantized": d.quantized, "reason": d.reason}
-                for d in self.nodes
-            ],
-            "removed": [{"value": d.value, "reason": d.reason} for d in self.removed],
-        }
-
-    def format(self) -> str:
-        rows = [("node", "op", "module", "quantized", "reason")]
-        rows += [(d.node, d.op_type, d.module, "yes" if d.quantized else "no", d.reason) for d in self.nodes]
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows]
-        if self.removed:
-            lines.append("")
-            lines.append("quantization removed:")
-            lines += [f"  %{d.value}: {d.reason}" for d in self.removed]
-        if self.opset_after != self.opset_before:
-            lines.append(f"opset raised from {self.opset_before} to {self.opset_after}")
-        return "\n".join(lines)
 
 
 # ---- node-unit rules ------------------------------------------------------------------------------------------------
@@ -166,9 +98,10 @@ def _compute_unit(node: Node, cap: Capability, graph: Graph, opset: int) -> Unit
         if q is None:
             return _float(f"input %{v.name} of {op} is not quantized; ORT fuses {op} into {cap.kernel} only when "
                           "every float input comes from DequantizeLinear", cap.kind)  # fmt: skip
-        problem = (
-            weight_problem(node, v, q, weights[i], cap.kernel) if i in weights else activation_problem(v, q, cap.kernel)
-        )
+        if i in weights:
+            problem = weight_problem(node, v, q, weights[i], cap.kernel, RUNTIME)
+        else:
+            problem = activation_problem(v, q, cap.kernel)
         if problem is not None:
             return _float(problem, cap.kind)
         qs[i] = q
@@ -235,7 +168,7 @@ def classify(graph: Graph, opset: int) -> dict[Node, UnitStatus]:
     for node in graph.nodes:
         cap = capability_of(node)
         if cap is None:
-            status[node] = _float(f"{node.op_type} has no integer kernel in ONNX Runtime")
+            status[node] = _float(f"{node.op_type} has no integer kernel in {RUNTIME}")
         elif cap.kind is UnitKind.COMPUTE:
             status[node] = _compute_unit(node, cap, graph, opset)
     folded = {st.fold: n for n, st in status.items() if st.quantized and st.fold is not None}
@@ -357,7 +290,7 @@ def legalize_for_onnx_qdq(graph: Graph, *, opset_min: int = 13) -> LegalizeRepor
         for v in list(graph.values()):
             if isinstance(v.quant, QuantType) and (reason := _removal_reason(v, status)) is not None:
                 v.quant = None
-                report.removed.append(ValueDecision(v.name, reason))
+                report.removed.append(ValueChange(v.name, reason))
                 changed = True
         if not changed:
             break
@@ -369,7 +302,7 @@ def legalize_for_onnx_qdq(graph: Graph, *, opset_min: int = 13) -> LegalizeRepor
         st = status[node]
         module = node.source.module if node.source is not None else ""
         reason = st.reason if st.quantized else first_reason[node]
-        report.nodes.append(NodeDecision(name, node.op_type, module, st.quantized, reason))
+        report.nodes.append(OpDecision(name, node.op_type, module, st.quantized, reason))
     return report
 
 

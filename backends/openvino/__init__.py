@@ -11,15 +11,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from quantir.backends.openvino.legalize import LegalizeReport, OpRow, legalize_for_openvino
+from quantir.backends.openvino.legalize import LegalizeReport, legalize_for_openvino
 
-__all__ = ["LegalizeReport", "OVVerifyReport", "OpRow", "legalize_for_openvino", "verify_openvino"]
+__all__ = ["LegalizeReport", "legalize_for_openvino", "verify_openvino"]
 
 # `emit` is imported from its module (`quantir.backends.openvino.emit.emit`): as a package attribute the name would
 # clash with the submodule of the same name.
 _LAZY = {
     "verify_openvino": "quantir.backends.openvino.verify",
-    "OVVerifyReport": "quantir.backends.openvino.verify",
 }
 
 

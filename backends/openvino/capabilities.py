@@ -12,42 +12,47 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from quantir.backends.contract import CapabilityTable, OpCapability
 from quantir.ir import DType
 from quantir.ir.traits import UnitKind
 
 __all__ = [
     "ACT_ACT_MATMUL", "ACTIVATION_DTYPES", "COVERAGE_LAYERS", "FLOAT_OUTPUT_OK", "INT8_PRECISIONS", "INT8_SUFFIX",
-    "RUNTIME", "UNITS", "WEIGHT_DTYPES", "WEIGHT_INPUTS_ONLY", "is_int8_primitive",
+    "RUNTIME", "TABLE", "UNITS", "WEIGHT_DTYPES", "WEIGHT_INPUTS_ONLY", "is_int8_primitive",
 ]  # fmt: skip
 
 RUNTIME = "OpenVINO (CPU plugin)"
-
-UNITS: Mapping[str, UnitKind] = MappingProxyType({
-    # int8 kernels behind a per-tensor activation FakeQuantize (LPT's Convolution/MatMul/FullyConnected)
-    "Conv": UnitKind.COMPUTE, "ConvTranspose": UnitKind.COMPUTE, "MatMul": UnitKind.COMPUTE,
-    "Gemm": UnitKind.COMPUTE,
-    # LPT moves the dequantize through these, so they run on u8 data (measured: residual Add fused into the conv)
-    "Add": UnitKind.COMPUTE, "Mul": UnitKind.COMPUTE, "AveragePool": UnitKind.COMPUTE,
-    "GlobalAveragePool": UnitKind.COMPUTE,
-    # quantization-agnostic data movement (NNCF QUANTIZATION_AGNOSTIC; Concat runs `Concatenation u8`)
-    "MaxPool": UnitKind.DROP, "Reshape": UnitKind.DROP, "Flatten": UnitKind.DROP, "Transpose": UnitKind.DROP,
-    "Squeeze": UnitKind.DROP, "Unsqueeze": UnitKind.DROP, "Concat": UnitKind.DROP, "Split": UnitKind.DROP,
-    "Slice": UnitKind.DROP, "Gather": UnitKind.DROP, "Pad": UnitKind.DROP,
-    # fused into the producing conv (Conv -> ReLU -> FQ requantizes inside the int8 kernel)
-    "Relu": UnitKind.ABSORBED, "Clip": UnitKind.ABSORBED,
-})  # fmt: skip
-"""IR op type -> how it takes part in an int8 region on OpenVINO's CPU plugin (read by annotate via `target`)."""
-
-WEIGHT_INPUTS_ONLY = frozenset({"MatMul"})
-"""MatMul is quantized only with a constant weight: activation x activation MatMul runs FP32 (see ACT_ACT_MATMUL)."""
-
-FLOAT_OUTPUT_OK = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
-"""The int8 kernel does not need a FakeQuantize after it: dequantization is fused into the kernel's output."""
 
 ACT_ACT_MATMUL = (
     "activation x activation MatMul runs FP32 in OpenVINO's CPU plugin without AMX/avx2_vnni_2 (measured: both "
     "inputs FakeQuantized -> FP32); its input FakeQuantizes would only add rounding, so it stays float"
 )
+
+_C, _D, _A = UnitKind.COMPUTE, UnitKind.DROP, UnitKind.ABSORBED
+
+TABLE = CapabilityTable(RUNTIME, MappingProxyType({
+    # int8 kernels behind a per-tensor activation FakeQuantize (LPT's Convolution/MatMul/FullyConnected); the
+    # dequantization is fused into the kernel's output, so no FakeQuantize is needed after it
+    "Conv": OpCapability(_C, "Convolution", float_output_kernel="Convolution"),
+    "ConvTranspose": OpCapability(_C, "Deconvolution", float_output_kernel="Deconvolution"),
+    "MatMul": OpCapability(_C, "FullyConnected", float_output_kernel="FullyConnected", weight_inputs_only=True,
+                           float_reason=ACT_ACT_MATMUL),
+    "Gemm": OpCapability(_C, "FullyConnected", float_output_kernel="FullyConnected"),
+    # LPT moves the dequantize through these, so they run on u8 data (measured: residual Add fused into the conv)
+    **{op: OpCapability(_C) for op in ("Add", "Mul", "AveragePool", "GlobalAveragePool")},
+    # quantization-agnostic data movement (NNCF QUANTIZATION_AGNOSTIC; Concat runs `Concatenation u8`)
+    **{op: OpCapability(_D) for op in (
+        "MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Split", "Slice", "Gather",
+        "Pad",
+    )},
+    # fused into the producing conv (Conv -> ReLU -> FQ requantizes inside the int8 kernel)
+    "Relu": OpCapability(_A), "Clip": OpCapability(_A),
+}))  # fmt: skip
+"""IR op type -> how it takes part in an int8 region on OpenVINO's CPU plugin (read by annotate via the registry)."""
+
+UNITS: Mapping[str, UnitKind] = MappingProxyType(TABLE.units)
+WEIGHT_INPUTS_ONLY = TABLE.weight_inputs_only
+FLOAT_OUTPUT_OK = TABLE.float_output_ok
 
 ACTIVATION_DTYPES = frozenset({DType.U8, DType.I8})
 """Activation storage LPT turns into an integer-range FakeQuantize with 256 levels (i8 is shifted to u8)."""

@@ -28,6 +28,7 @@ from quantir.backends.onnx_proto.artifact import (
     write_artifact,
 )
 from quantir.backends.onnx_proto.qdq import lower_to_qdq, node_names
+from quantir.backends.openvino.backend import REFERENCE_FILE
 from quantir.backends.openvino.legalize import LegalizeReport, quantized_compute_units
 from quantir.ir import DType, Graph, QuantType, SerializationError
 
@@ -35,7 +36,7 @@ __all__ = ["BACKEND", "MODEL_FILE", "PROVENANCE_KEY", "REFERENCE_FILE", "emit", 
 
 BACKEND = "openvino"
 MODEL_FILE = "model.xml"
-REFERENCE_FILE = "model.qdq.onnx"
+
 PROVENANCE_KEY = "quantir_source"
 """rt_info key of every OpenVINO op that comes from an IR node: `<node name>:<module path>:<module type>`; the
 saved model keeps the map in its own rt_info under `quantir/provenance` (see `provenance`)."""

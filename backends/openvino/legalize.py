@@ -2,95 +2,27 @@
 
 Postcondition: every quantized Conv/ConvTranspose/MatMul/Gemm has a per-tensor 8-bit activation quantizer in front
 and symmetric (zero point 0) int8 weights per output channel or per tensor, which LPT runs as an int8 kernel;
-activation x activation MatMuls are float (FP32 on this CPU); Concat inputs and output share one range. Every op
-left float and every quant type removed or changed has a reason. Pure function of the graph (no runtime called).
+activation x activation MatMuls are float (FP32 on this CPU). Every op left float and every quant type removed has a
+reason. Pure function of the graph (no runtime called); Concat ranges are unified before, by the compiler
+(`quantir.compiler.passes.unify_shared_ranges`), since that is scale math.
 A FakeQuantize anywhere else is legal in OpenVINO (LPT moves or fuses it), so other quant types are kept.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
-
+from quantir.backends.contract import LegalizeReport, OpDecision, ValueChange
+from quantir.backends.legality import activation_problem, quant_type_of, weight_problem
 from quantir.backends.onnx_proto.qdq import MIN_OPSET_PER_AXIS, node_names, require_calibrated
-from quantir.backends.openvino.capabilities import (
-    ACT_ACT_MATMUL,
-    ACTIVATION_DTYPES,
-    FLOAT_OUTPUT_OK,
-    RUNTIME,
-    UNITS,
-    WEIGHT_DTYPES,
-)
-from quantir.ir import GranularityKind, Graph, Node, PassError, QuantType, Value
+from quantir.backends.openvino.capabilities import ACT_ACT_MATMUL, ACTIVATION_DTYPES, RUNTIME, TABLE, WEIGHT_DTYPES
+from quantir.ir import GranularityKind, Graph, Node, PassError
 from quantir.ir.traits import UnitKind, weight_inputs
 
-__all__ = ["LegalizeReport", "OpRow", "legalize_for_openvino", "quantized_compute_units"]
+__all__ = ["LegalizeReport", "legalize_for_openvino", "quantized_compute_units"]
 
-INT8_OPS = frozenset(op for op in FLOAT_OUTPUT_OK)
+INT8_OPS = TABLE.float_output_ok
 """The heavy ops whose int8 kernel coverage `verify_openvino` measures."""
 
-
-@dataclass(frozen=True, slots=True)
-class OpRow:
-    """One node: whether it runs in int8 on OpenVINO's CPU plugin, and why or why not."""
-
-    node: str
-    op_type: str
-    module: str
-    quantized: bool
-    reason: str
-
-
-@dataclass(slots=True)
-class LegalizeReport:
-    """Per node its decision; per quant type removed or changed, why (`value` -> reason)."""
-
-    nodes: list[OpRow] = field(default_factory=list)
-    removed: dict[str, str] = field(default_factory=dict)
-    unified: dict[str, str] = field(default_factory=dict)
-
-    def __getitem__(self, node: str) -> OpRow:
-        found = [r for r in self.nodes if r.node == node]
-        if not found:
-            raise KeyError(f"no node {node!r} in the OpenVINO legalize report")
-        return found[0]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"nodes": [dataclasses.asdict(r) for r in self.nodes], "removed": dict(self.removed),
-                "unified": dict(self.unified)}  # fmt: skip
-
-    def format(self) -> str:
-        lines = [f"{r.node} ({r.op_type}{', ' + r.module if r.module else ''}): "
-                 f"{'int8' if r.quantized else 'float'} - {r.reason}" for r in self.nodes]  # fmt: skip
-        lines += [f"%{v}: quantization removed - {why}" for v, why in self.removed.items()]
-        lines += [f"%{v}: range unified - {why}" for v, why in self.unified.items()]
-        return "\n".join(lines)
-
-
-def _qtype(v: Value | None) -> QuantType | None:
-    return v.quant if v is not None and isinstance(v.quant, QuantType) else None
-
-
-def _activation_problem(v: Value, q: QuantType, op: str) -> str | None:
-    if q.dtype not in ACTIVATION_DTYPES:
-        return f"activation %{v.name} is {q.dtype}; {RUNTIME} runs {op} in int8 only behind an 8-bit FakeQuantize"
-    if q.granularity.kind is not GranularityKind.PER_TENSOR:
-        return f"activation %{v.name} is quantized {q.granularity.kind.value}; per-channel activations run FP32"
-    return None
-
-
-def _weight_problem(w: Value, q: QuantType, axis: int, op: str) -> str | None:
-    if q.dtype not in WEIGHT_DTYPES:
-        return f"weight %{w.name} is {q.dtype}; {RUNTIME} runs {op} in int8 only with i8 weights"
-    if np.any(q.zero_point != 0):
-        return f"weight %{w.name} is asymmetric (zero point != 0); asymmetric weights run FP32 (measured)"
-    g = q.granularity
-    if g.kind is GranularityKind.PER_GROUP or (g.kind is GranularityKind.PER_CHANNEL and g.axis != axis):
-        return f"weight %{w.name} is quantized {g.kind.value} on axis {g.axis}, not per output channel ({axis})"
-    return None
+_qtype = quant_type_of
 
 
 def _compute_status(node: Node) -> tuple[bool, str]:
@@ -103,7 +35,7 @@ def _compute_status(node: Node) -> tuple[bool, str]:
     qx = _qtype(x)
     if x is None or qx is None:
         return False, f"input of {op} is not quantized; without a FakeQuantize in front {RUNTIME} runs it FP32"
-    if (problem := _activation_problem(x, qx, op)) is not None:
+    if (problem := activation_problem(x, qx, f"{RUNTIME}'s int8 {op}", ACTIVATION_DTYPES)) is not None:
         return False, problem
     for i, axis in weights.items():
         w = node.inputs[i]
@@ -111,37 +43,9 @@ def _compute_status(node: Node) -> tuple[bool, str]:
         qw = _qtype(w)
         if qw is None:
             return False, f"weight %{w.name} of {op} is not quantized"
-        if (problem := _weight_problem(w, qw, axis, op)) is not None:
+        if (problem := weight_problem(node, w, qw, axis, f"int8 {op}", RUNTIME, WEIGHT_DTYPES)) is not None:
             return False, problem
     return True, f"runs int8 ({qx.dtype} activations x i8 symmetric weights)"
-
-
-def _unify_concat(graph: Graph, report: LegalizeReport) -> None:
-    """Give every Concat's quantized inputs and output one per-tensor range (min of mins, max of maxes)."""
-    for node in graph.nodes:
-        if node.op_type != "Concat":
-            continue
-        values = [v for v in [*node.inputs, *node.outputs] if v is not None]
-        qs = [_qtype(v) for v in values]
-        if any(q is None or q.granularity.kind is not GranularityKind.PER_TENSOR for q in qs):
-            continue
-        quants = [q for q in qs if q is not None]
-        if len({q.dtype for q in quants}) > 1 or all(_same(quants[0], q) for q in quants):
-            continue
-        lo = min(float(q.scale) * (q.qmin - float(q.zero_point)) for q in quants)
-        hi = max(float(q.scale) * (q.qmax - float(q.zero_point)) for q in quants)
-        first = quants[0]
-        scale = np.float32((hi - lo) / (first.qmax - first.qmin))
-        zp = np.clip(np.round(first.qmin - lo / scale), first.qmin, first.qmax)
-        merged = dataclasses.replace(first, scale=np.asarray(scale, np.float32),
-                                     zero_point=np.asarray(zp, first.zero_point.dtype))  # fmt: skip
-        for v in values:
-            v.quant = merged
-            report.unified[v.name] = f"Concat {node.name or node.op_type} shares one range [{lo:.4g}, {hi:.4g}]"
-
-
-def _same(a: QuantType, b: QuantType) -> bool:
-    return np.array_equal(a.scale, b.scale) and np.array_equal(a.zero_point, b.zero_point)
 
 
 def _remove_unread(graph: Graph, status: dict[Node, tuple[bool, str]], report: LegalizeReport) -> None:
@@ -161,14 +65,14 @@ def _remove_unread(graph: Graph, status: dict[Node, tuple[bool, str]], report: L
                 v.quant = None
                 reason = next(status[u.node][1] for u in v.uses() if u.node in status) if any(
                     u.node in status for u in v.uses()) else "only float ops read it"  # fmt: skip
-                report.removed[v.name] = f"read only by float ops ({reason})"
+                report.removed.append(ValueChange(v.name, f"read only by float ops ({reason})"))
                 changed = True
 
 
 def _float_reader(node: Node, status: dict[Node, tuple[bool, str]]) -> bool:
     if node in status:
         return not status[node][0]
-    if UNITS.get(node.op_type) is UnitKind.DROP:
+    if TABLE.kind(node.op_type) is UnitKind.DROP:
         outs = [o for o in node.outputs if o is not None]
         return bool(outs) and all(_qtype(o) is None and o.uses() for o in outs)
     return False
@@ -182,7 +86,6 @@ def legalize_for_openvino(graph: Graph) -> LegalizeReport:
     """
     require_calibrated(graph)
     report = LegalizeReport()
-    _unify_concat(graph, report)
     status = {n: _compute_status(n) for n in graph.nodes if n.op_type in INT8_OPS}
     _remove_unread(graph, status, report)
     per_axis = any(q.granularity.kind is not GranularityKind.PER_TENSOR
@@ -196,14 +99,14 @@ def legalize_for_openvino(graph: Graph) -> LegalizeReport:
             quantized, reason = status[node]
         else:
             quantized, reason = _other_status(node)
-        report.nodes.append(OpRow(name, node.op_type, module, quantized, reason))
+        report.nodes.append(OpDecision(name, node.op_type, module, quantized, reason))
     return report
 
 
 def _other_status(node: Node) -> tuple[bool, str]:
     if not any(_qtype(v) is not None for v in [*node.inputs, *node.outputs]):
         return False, f"{node.op_type} has no quantized input or output"
-    kind = UNITS.get(node.op_type)
+    kind = TABLE.kind(node.op_type)
     if kind is None:
         return False, f"{node.op_type} runs float in OpenVINO; it only reads or writes FakeQuantized values"
     if kind is UnitKind.ABSORBED:

@@ -9,88 +9,52 @@ Runtime nodes are mapped back to IR nodes through `originalLayersNames`: the fro
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import openvino as ov
 
+from quantir.backends.contract import KernelRow, VerifyReport, compare_output
 from quantir.backends.onnx_proto import ort_session, run_all
 from quantir.backends.onnx_proto.artifact import read_manifest
-from quantir.backends.openvino.capabilities import COVERAGE_LAYERS, is_int8_primitive
-from quantir.backends.openvino.emit import MODEL_FILE, REFERENCE_FILE
+from quantir.backends.openvino.capabilities import COVERAGE_LAYERS, RUNTIME, is_int8_primitive
+from quantir.backends.openvino.emit import BACKEND, MODEL_FILE, REFERENCE_FILE
 from quantir.ir import SerializationError
 
-__all__ = ["OVNodeRow", "OVOutputRow", "OVVerifyReport", "runtime_nodes", "verify_openvino"]
+__all__ = ["OvRunner", "VerifyReport", "load", "runtime_nodes", "verify_openvino"]
 
 
-@dataclass(frozen=True, slots=True)
-class OVNodeRow:
-    """One quantized IR compute node and the CPU plugin's runtime node for it."""
+class OvRunner:
+    """An OpenVINO model compiled for the CPU plugin, as the contract's `Runner`."""
 
-    name: str
-    op_type: str
-    module: str
-    layer: str = ""
-    """Runtime `layerType` (Convolution, FullyConnected...), "" when no runtime node lists the IR node."""
-    precision: str = ""
-    primitive: str = ""
+    def __init__(self, compiled: ov.CompiledModel) -> None:
+        self.compiled = compiled
+        self.input_names = [p.get_any_name() for p in compiled.inputs]
+        self.output_names = [p.get_any_name() for p in compiled.outputs]
 
-    @property
-    def int8(self) -> bool:
-        return is_int8_primitive(self.precision, self.primitive)
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        result = self.compiled(dict(inputs))
+        return [np.asarray(result[o]) for o in self.compiled.outputs]
 
 
-@dataclass(frozen=True, slots=True)
-class OVOutputRow:
-    """OpenVINO vs the ORT fake-quant reference for one output."""
-
-    name: str
-    max_abs: float
-    lsb: float | None
-    """max_abs in output quantization steps, when the output is quantized."""
-    rel: float
-    """max_abs relative to the reference's largest magnitude."""
-    ok: bool
+def _manifest(folder: Path) -> dict[str, Any]:
+    manifest = read_manifest(folder)
+    if manifest is None or manifest.get("backend") != BACKEND:
+        raise SerializationError(f"{os.fspath(folder)!r} is not a quantir {BACKEND} artifact")
+    return manifest
 
 
-@dataclass(slots=True)
-class OVVerifyReport:
-    """What the CPU plugin made of an artifact: per-node kernels, int8 coverage, output agreement."""
-
-    nodes: list[OVNodeRow] = field(default_factory=list)
-    outputs: list[OVOutputRow] = field(default_factory=list)
-    coverage: float | None = None
-    """Share of quantized Conv/MatMul/Gemm with constant weights whose runtime node runs an `_I8` kernel."""
-    _compiled: Any = field(default=None, repr=False, compare=False)
-
-    @property
-    def missed(self) -> list[OVNodeRow]:
-        return [r for r in self.nodes if not r.int8]
-
-    @property
-    def ok(self) -> bool:
-        return not self.missed and all(o.ok for o in self.outputs)
-
-    def coverage_text(self) -> str:
-        if self.coverage is None:
-            return "n/a (no quantized Conv/MatMul/Gemm)"
-        return f"{self.coverage:.0%} ({len(self.nodes) - len(self.missed)}/{len(self.nodes)} Conv/MatMul/Gemm in _I8)"
-
-    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Run the compiled CPU model on `inputs` (outputs in model order)."""
-        result = self._compiled(inputs)
-        return [np.asarray(result[o]) for o in self._compiled.outputs]
-
-    def format(self) -> str:
-        lines = [f"int8 coverage: {self.coverage_text()}"]
-        lines += [f"  {r.name} ({r.op_type} {r.module}): {r.layer or '-'} {r.precision or '-'} {r.primitive or '-'}"
-                  f"{'' if r.int8 else '  NOT int8'}" for r in self.nodes]  # fmt: skip
-        lines += [f"output {o.name}: max |ov - reference| {o.max_abs:.3g}"
-                  + (f" ({o.lsb:.3g} LSB)" if o.lsb is not None else f" (relative {o.rel:.3g})")
-                  + ("" if o.ok else "  DISAGREES") for o in self.outputs]  # fmt: skip
-        return "\n".join(lines)
+def load(artifact_dir: str | os.PathLike[str]) -> OvRunner:
+    """The artifact compiled on OpenVINO's CPU plugin."""
+    folder = Path(artifact_dir)
+    manifest = _manifest(folder)
+    try:
+        return OvRunner(ov.Core().compile_model(os.fspath(folder / manifest.get("model", MODEL_FILE)), "CPU"))
+    except Exception as e:  # OpenVINO's own exception types
+        raise SerializationError(f"OpenVINO cannot compile {os.fspath(folder)!r} on CPU: {e}") from e
 
 
 def _rt(info: Any, key: str) -> str:
@@ -118,7 +82,7 @@ def _owner(rows: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
 
 def verify_openvino(
     artifact_dir: str | os.PathLike[str], inputs: dict[str, np.ndarray], *, max_lsb: float = 1.0, max_rel: float = 2e-2
-) -> OVVerifyReport:
+) -> VerifyReport:
     """Compile the artifact on CPU, read each quantized node's runtime kernel, and compare OpenVINO's outputs on
     `inputs` with the IR's fake-quant reference (ORT, no graph optimization).
 
@@ -127,31 +91,24 @@ def verify_openvino(
     differences inside the network reach float outputs as small relative errors).
     """
     folder = Path(artifact_dir)
-    manifest = read_manifest(folder)
-    if manifest is None or manifest.get("backend") != "openvino":
-        raise SerializationError(f"{os.fspath(folder)!r} is not a quantir openvino artifact")
-    try:
-        compiled = ov.Core().compile_model(os.fspath(folder / manifest.get("model", MODEL_FILE)), "CPU")
-    except Exception as e:  # OpenVINO's own exception types
-        raise SerializationError(f"OpenVINO cannot compile {os.fspath(folder)!r} on CPU: {e}") from e
+    manifest = _manifest(folder)
+    runner = load(folder)
+    compiled = runner.compiled
     rows = runtime_nodes(compiled)
-    report = OVVerifyReport(_compiled=compiled)
+    report = VerifyReport(backend=BACKEND, artifact=folder, runtime=RUNTIME, runner=runner)
     for u in manifest.get("quantized_nodes", []):
         row = _owner(rows, u["name"]) or {}
-        report.nodes.append(OVNodeRow(u["name"], u["op_type"], u.get("module", ""), row.get("layer", ""),
-                                      row.get("precision", ""), row.get("primitive", "")))  # fmt: skip
-    if report.nodes:
-        report.coverage = sum(r.int8 for r in report.nodes) / len(report.nodes)
+        precision, primitive = row.get("precision", ""), row.get("primitive", "")
+        report.nodes.append(KernelRow(u["name"], u["op_type"], u.get("module", ""), "", row.get("layer", ""),
+                                      is_int8_primitive(precision, primitive), precision, primitive))  # fmt: skip
+    kernels = Counter(r["layer"] for r in rows if is_int8_primitive(r["precision"], r["primitive"]))
+    report.kernels = dict(kernels)
     ref = run_all(ort_session(folder / manifest.get("reference", REFERENCE_FILE), level="none"), inputs)
-    got = compiled(inputs)
     infos = manifest.get("outputs", {})
-    for port in compiled.outputs:
-        name = port.get_any_name()
-        a, b = np.asarray(got[port], np.float64), np.asarray(ref[name], np.float64)
-        diff = float(np.max(np.abs(a - b), initial=0.0))
-        rel = diff / max(float(np.max(np.abs(b), initial=0.0)), float(np.finfo(np.float32).tiny))
-        info = infos.get(name, {})
-        lsb = diff / min(float(s) for s in info["scale"]) if info.get("quantized") else None
-        ok = lsb <= max_lsb if lsb is not None else rel <= max_rel
-        report.outputs.append(OVOutputRow(name, diff, lsb, rel, ok))
+    for name, got in zip(runner.output_names, runner(inputs), strict=True):
+        row_ = compare_output(name, got, ref[name], infos.get(name, {}), max_lsb, max_rel)
+        report.outputs.append(row_)
+        if not row_.ok:
+            what = f"{row_.lsb:.3g} LSB" if row_.lsb is not None else f"{row_.rel:.3g} relative"
+            report.disagreements.append(f"output {name!r}: OpenVINO and the fake-quant reference differ by {what}")
     return report

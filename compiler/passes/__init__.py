@@ -8,7 +8,9 @@ from quantir.compiler.passes.canonicalize import Canonicalize
 from quantir.compiler.passes.compute_qparams import ComputeQParams
 from quantir.compiler.passes.eliminate_dead_code import EliminateDeadCode
 from quantir.compiler.passes.fold_constants import FoldConstants
+from quantir.compiler.passes.legalize import Legalize
 from quantir.compiler.passes.smooth_quant import SmoothQuant
+from quantir.compiler.passes.unify_shared_ranges import UnifySharedRanges
 
 __all__ = [
     "Annotate",
@@ -17,5 +19,7 @@ __all__ = [
     "ComputeQParams",
     "EliminateDeadCode",
     "FoldConstants",
+    "Legalize",
     "SmoothQuant",
+    "UnifySharedRanges",
 ]

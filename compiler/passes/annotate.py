@@ -11,13 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from quantir.compiler.config import StaticQuantConfig
-from quantir.compiler.config_resolve import OpRef, ResolvedOpConfig, resolve_op_configs
+from quantir.backends.contract import CapabilityTable
+from quantir.backends.registry import DEFAULT_BACKEND, get_backend
+from quantir.compiler.config.quant_config import StaticQuantConfig
+from quantir.compiler.config.resolve import OpRef, ResolvedOpConfig, resolve_op_configs
 from quantir.compiler.decisions import record
 from quantir.compiler.isa import default_reduce_range
 from quantir.compiler.pass_manager import PassContext, PassResult, register_pass
-from quantir.compiler.qparams import quant_range
-from quantir.compiler.targets import TargetCaps, target
+from quantir.compiler.qparams.scales import quant_range
 from quantir.ir import DType, GranularityKind, Graph, Node, QuantSpec, TensorType, Value, traits_of, weight_inputs
 from quantir.ir.traits import UnitKind
 
@@ -47,7 +48,7 @@ def _weight_spec(spec: QuantSpec, reduce_range: bool) -> QuantSpec:
     return QuantSpec(spec.dtype, spec.scheme, spec.granularity, spec.observer, qmin, qmax)
 
 
-def _absorbed_by_reader(v: Value, caps: TargetCaps, wants: dict[Node, bool], graph: Graph) -> bool:
+def _absorbed_by_reader(v: Value, caps: CapabilityTable, wants: dict[Node, bool], graph: Graph) -> bool:
     """`v` is a compute op's output whose only reader is a Relu/Clip that will be quantized: one quantizer, after
     the activation, serves both (quantizing before it too would round twice)."""
     producer = v.producer
@@ -63,7 +64,7 @@ def _absorbed_by_reader(v: Value, caps: TargetCaps, wants: dict[Node, bool], gra
     )
 
 
-def _join_connects_int8(node: Node, caps: TargetCaps, wants: dict[Node, bool]) -> bool:
+def _join_connects_int8(node: Node, caps: CapabilityTable, wants: dict[Node, bool]) -> bool:
     for v in node.inputs:
         if v is None or v.const is not None:
             continue
@@ -73,7 +74,7 @@ def _join_connects_int8(node: Node, caps: TargetCaps, wants: dict[Node, bool]) -
     return out is not None and _read_quantized(out, caps, wants)
 
 
-def _read_quantized(v: Value, caps: TargetCaps, wants: dict[Node, bool], depth: int = 0) -> bool:
+def _read_quantized(v: Value, caps: CapabilityTable, wants: dict[Node, bool], depth: int = 0) -> bool:
     """Whether a reader of `v` will be quantized: a unit that wants quantization, looking through data movement."""
     for reader in v.users():
         if not wants.get(reader, False):
@@ -91,13 +92,13 @@ def _read_quantized(v: Value, caps: TargetCaps, wants: dict[Node, bool], depth: 
 class Annotate:
     name: ClassVar[str] = "annotate"
 
-    backend: str = "onnx_qdq"
+    backend: str = DEFAULT_BACKEND
     config: StaticQuantConfig = field(default_factory=StaticQuantConfig)
     reduce_range: bool | None = None
     """Overrides the config's reduce_range; None keeps it (and the config's None means: decide from the CPU)."""
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        caps = target(self.backend)
+        caps = get_backend(self.backend).capabilities
         nodes = list(graph.nodes)
         resolved = resolve_op_configs(self.config, [_op_ref(n, i) for i, n in enumerate(nodes)],
                                       known_op_types=set(caps.units))  # fmt: skip
@@ -112,9 +113,9 @@ class Annotate:
         changed = False
         for node, res in zip(nodes, resolved, strict=True):
             quantized, reason = self._annotate(graph, node, res, caps, wants)
-            record(ctx.data, node, quantized, reason)
+            record(ctx, node, quantized, reason)
             changed |= quantized
-        ctx.data["reduce_range"] = self._reduce_range()
+        ctx.reduce_range = self._reduce_range()
         return PassResult(changed)
 
     def _reduce_range(self) -> bool:
@@ -122,7 +123,7 @@ class Annotate:
         return default_reduce_range() if rr is None else rr
 
     def _annotate(
-        self, graph: Graph, node: Node, res: ResolvedOpConfig, caps: TargetCaps, wants: dict[Node, bool]
+        self, graph: Graph, node: Node, res: ResolvedOpConfig, caps: CapabilityTable, wants: dict[Node, bool]
     ) -> tuple[bool, str]:
         if node.domain not in ("", "ai.onnx"):
             return False, f"op of domain {node.domain!r} has no integer kernel in {caps.runtime}"
@@ -159,7 +160,7 @@ class Annotate:
         return True, "absorbed into the preceding quantized op's output"
 
     def _compute(
-        self, graph: Graph, node: Node, res: ResolvedOpConfig, caps: TargetCaps, wants: dict[Node, bool]
+        self, graph: Graph, node: Node, res: ResolvedOpConfig, caps: CapabilityTable, wants: dict[Node, bool]
     ) -> tuple[bool, str]:
         traits = traits_of(node.op_type)
         weights = weight_inputs(node)

@@ -1,8 +1,11 @@
-"""`calibrate`: run the float model in ONNX Runtime over the calibration data and feed every value that
-carries an activation `QuantSpec` to a streaming observer. Memory is bounded by the observers (histograms),
-never by stored activations. The ranges go to `ctx.data["ranges"]` keyed by value name.
+"""`calibrate`: run the float model in ONNX Runtime over the calibration data and feed the values to streaming
+observers. Memory is bounded by the observers (histograms), never by stored activations. The ranges go to
+`ctx.ranges`, keyed by value name.
 
-`Calibrator` is the reusable part: the prepared model of the public API feeds it batch by batch.
+`Calibrator` is the reusable part. The prepared model of the public API feeds it batch by batch, with statistics that
+do not depend on any config: a min/max for every tensor any config could quantize, histograms (whose counts do not
+depend on the method, scheme or integer range searched later) and per-channel ranges, so `convert` can derive the
+range of any spec without running the model again.
 """
 
 from __future__ import annotations
@@ -16,16 +19,14 @@ import numpy as np
 import onnxruntime  # type: ignore[import-untyped]  # noqa: F401  # calibration always runs ORT: load it with the compiler
 
 from quantir.backends.onnx_proto.session import graph_session
-from quantir.compiler.calib_data import feeds
-from quantir.compiler.observers import MinMaxObserver, Observer, make_observer
-from quantir.compiler.pass_manager import PassContext, PassResult, register_pass
-from quantir.compiler.progress import Progress
+from quantir.compiler.calibration.data import feeds
+from quantir.compiler.calibration.observers import HISTOGRAM_METHODS, HistogramObserver, MinMaxObserver
+from quantir.compiler.calibration.progress import Progress
+from quantir.compiler.pass_manager import PassContext, PassResult, Range, register_pass
 from quantir.ir import CalibrationError, Graph, QuantSpec, Scheme, TensorType, Value
 from quantir.ir.clone import clone_graph
 
-__all__ = ["RANGES_KEY", "Calibrate", "Calibrator", "observed_values"]
-
-RANGES_KEY = "ranges"
+__all__ = ["Calibrate", "Calibrator", "calibrate_stream", "for_specs", "observed_values"]
 
 
 def observed_values(graph: Graph) -> list[Value]:
@@ -33,42 +34,58 @@ def observed_values(graph: Graph) -> list[Value]:
     return [v for v in graph.values() if isinstance(v.quant, QuantSpec) and v.const is None]
 
 
-def _observer(v: Value, percentile: float) -> Observer:
-    spec = v.quant
-    assert isinstance(spec, QuantSpec)
-    qmin = spec.qmin if spec.qmin is not None else 0
-    qmax = spec.qmax if spec.qmax is not None else 255
-    return make_observer(spec.observer, axis=spec.granularity.axis, symmetric=spec.scheme is Scheme.SYM,
-                         qmin=qmin, qmax=qmax, percentile=percentile, name=v.name)  # fmt: skip
-
-
 class Calibrator:
-    """An ORT session over the float graph that also returns every observed value, and their observers."""
+    """An ORT session over the float graph that also returns every observed value, and their statistics.
 
-    def __init__(self, graph: Graph, *, percentile: float = 99.999, per_channel: Iterable[str] = ()) -> None:
-        """`per_channel` names values also observed per channel along their last axis (for SmoothQuant)."""
-        values = observed_values(graph)
-        self.observers = {v.name: _observer(v, percentile) for v in values}
-        self.channel_observers = {name: MinMaxObserver(-1, name=name) for name in per_channel}
-        by_name = {v.name: v for v in graph.values()}
-        values += [by_name[n] for n in self.channel_observers if n not in self.observers]
+    `observe`: values given a per-tensor min/max; `histograms`: values also given a histogram; `channels`:
+    (value, axis) pairs given a per-channel min/max (axis -1 for SmoothQuant). A value whose data no observer can
+    take (e.g. -inf fill values) is dropped with its error, raised only if a spec later needs its range; `required`
+    names values whose errors are raised at once.
+    """
+
+    def __init__(
+        self,
+        graph: Graph,
+        observe: Iterable[str],
+        *,
+        histograms: Iterable[str] = (),
+        channels: Iterable[tuple[str, int]] = (),
+        required: Iterable[str] = (),
+    ) -> None:
+        self.minmax = {name: MinMaxObserver(name=name) for name in observe}
+        self.histograms = {name: HistogramObserver(name=name) for name in histograms}
+        self.channels = {key: MinMaxObserver(key[1], name=key[0]) for key in channels}
+        self.required = frozenset(required)
+        self.failed: dict[str, CalibrationError] = {}
+        """Values dropped from observation, with the error that dropped them."""
         self.output_observers = {
             v.name: MinMaxObserver(name=v.name)
             for v in graph.outputs
-            if v.quant is None and isinstance(v.type, TensorType) and v.type.dtype.is_float
+            if isinstance(v.type, TensorType) and v.type.dtype.is_float
         }
-        """Float graph outputs' ranges: not to quantize them, but to state the step their activation quantizer would
-        have (`output_steps`), the unit in which backends' outputs are compared."""
+        """Float graph outputs' ranges: to state the step their activation quantizer would have (`output_steps`),
+        the unit in which backends' outputs are compared."""
         self.samples = 0
         self.seconds = 0.0
         model_graph, vmap = clone_graph(graph)
         for v in model_graph.values():
             v.quant = None
+        by_name = {v.name: v for v in graph.values()}
+        names = list(dict.fromkeys([*self.minmax, *self.histograms, *(n for n, _ in self.channels)]))
         self.output_names = [v.name for v in graph.outputs]
-        model_graph.outputs = list(dict.fromkeys([*model_graph.outputs, *(vmap[v] for v in values)]))
+        model_graph.outputs = list(dict.fromkeys([*model_graph.outputs, *(vmap[by_name[n]] for n in names)]))
         # Basic optimizations only: extended fusions could swallow the exposed intermediate tensors.
         self.session = graph_session(model_graph, level="basic", prefix="quantir-calib-")
-        self.fetch = list(dict.fromkeys([*self.output_names, *self.observers, *self.channel_observers]))
+        self.fetch = list(dict.fromkeys([*self.output_names, *names]))
+
+    def _feed(self, name: str, observers: dict[Any, Any], key: Any, data: np.ndarray) -> None:
+        try:
+            observers[key].update(data)
+        except CalibrationError as e:
+            if name in self.required:
+                raise
+            self.failed.setdefault(name, e)
+            del observers[key]
 
     def observe(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run one validated batch; update observers; return the model's own outputs."""
@@ -78,10 +95,12 @@ class Calibrator:
         except Exception as e:
             raise CalibrationError(f"ONNX Runtime failed while calibrating: {e}") from e
         by_name = dict(zip(self.fetch, results, strict=True))
-        for name, obs in self.observers.items():
-            obs.update(by_name[name])
-        for name, chan in self.channel_observers.items():
-            chan.update(by_name[name])
+        for name in list(self.minmax):
+            self._feed(name, self.minmax, name, by_name[name])
+        for name in list(self.histograms):
+            self._feed(name, self.histograms, name, by_name[name])
+        for key in list(self.channels):
+            self._feed(key[0], self.channels, key, by_name[key[0]])
         for name in list(self.output_observers):
             try:
                 self.output_observers[name].update(by_name[name])
@@ -92,21 +111,63 @@ class Calibrator:
         self.seconds += time.perf_counter() - t0
         return [by_name[n] for n in self.output_names]
 
-    def ranges(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def range_for(self, name: str, spec: QuantSpec, *, percentile: float = 99.999) -> Range:
+        """The calibrated range of value `name` for `spec` (its observer, granularity, scheme and integer range)."""
         if self.samples == 0:
             raise CalibrationError("the model was never called with calibration data; call it (or pass data) first")
-        return {name: obs.range() for name, obs in self.observers.items()}
+        if name in self.failed:
+            raise self.failed[name]
+        axis = spec.granularity.axis
+        if spec.observer in HISTOGRAM_METHODS:
+            hist = self.histograms.get(name)
+            if hist is None:
+                raise CalibrationError(
+                    f"%{name} needs a {spec.observer!r} range, but calibration collected no histogram for it: pass a "
+                    "config that uses a histogram algorithm (act_algo='kl', 'mse' or 'percentile') to prepare, then "
+                    "convert with any config"
+                )
+            qmin = spec.qmin if spec.qmin is not None else 0
+            qmax = spec.qmax if spec.qmax is not None else 255
+            view = hist.searched(spec.observer, percentile=percentile, symmetric=spec.scheme is Scheme.SYM,
+                                 qmin=qmin, qmax=qmax)  # fmt: skip
+            return view.range()
+        observer = self.minmax.get(name) if axis is None else self.channels.get((name, axis))
+        if observer is None:
+            where = "per tensor" if axis is None else f"per channel on axis {axis}"
+            raise CalibrationError(
+                f"%{name} needs a min/max range {where}, but calibration did not observe it so: pass the config to "
+                "prepare, then convert"
+            )
+        return observer.range()
 
-    def channel_ranges(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        return {name: obs.range() for name, obs in self.channel_observers.items()}
+    def ranges_for(self, graph: Graph, *, percentile: float = 99.999) -> dict[str, Range]:
+        """The range of every activation spec of an annotated `graph` (names as in the calibrated graph)."""
+        return {v.name: self.range_for(v.name, v.quant, percentile=percentile)
+                for v in observed_values(graph) if isinstance(v.quant, QuantSpec)}  # fmt: skip
 
-    def output_ranges(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def channel_ranges(self, names: Iterable[str]) -> dict[str, Range]:
+        """Per-channel (last axis) ranges of `names`, where observed."""
+        return {n: self.channels[(n, -1)].range() for n in names if (n, -1) in self.channels}
+
+    def output_ranges(self) -> dict[str, Range]:
         """Observed (min, max) of each float graph output (outputs with no finite range are left out)."""
         return {name: obs.range() for name, obs in self.output_observers.items() if obs.nbytes}
 
-    def stats(self) -> dict[str, float]:
-        return {"samples": self.samples, "seconds": self.seconds,
-                "observer_bytes": sum(o.nbytes for o in self.observers.values())}  # fmt: skip
+    def stats(self) -> dict[str, Any]:
+        nbytes = sum(o.nbytes for o in self.minmax.values()) + sum(o.nbytes for o in self.histograms.values())
+        nbytes += sum(o.nbytes for o in self.channels.values())
+        return {"samples": self.samples, "seconds": self.seconds, "observer_bytes": nbytes}
+
+
+def for_specs(graph: Graph) -> dict[str, Any]:
+    """Calibrator arguments observing exactly what the activation specs of an annotated `graph` need."""
+    values = [v for v in observed_values(graph) if isinstance(v.quant, QuantSpec)]
+    hist = [v.name for v in values if isinstance(v.quant, QuantSpec) and v.quant.observer in HISTOGRAM_METHODS]
+    per_channel = [(v.name, v.quant.granularity.axis) for v in values
+                   if isinstance(v.quant, QuantSpec) and v.quant.granularity.axis is not None]  # fmt: skip
+    per_tensor = [v.name for v in values if v.name not in hist and all(v.name != n for n, _ in per_channel)]
+    required = [v.name for v in values]
+    return {"observe": per_tensor, "histograms": hist, "channels": per_channel, "required": required}
 
 
 def calibrate_stream(calibrator: Calibrator, data: Any, graph: Graph, sampling_size: int,
@@ -138,8 +199,8 @@ class Calibrate:
         if not observed_values(graph):
             ctx.notes.append("calibrate: no activation is quantized; nothing to observe")
             return PassResult(False)
-        calibrator = Calibrator(graph, percentile=self.percentile)
+        calibrator = Calibrator(graph, **for_specs(graph))
         calibrate_stream(calibrator, self.data, graph, self.sampling_size, progress=self.progress)
-        ctx.data[RANGES_KEY] = calibrator.ranges()
-        ctx.data["calibration"] = calibrator.stats()
+        ctx.ranges = calibrator.ranges_for(graph, percentile=self.percentile)
+        ctx.calibration = calibrator.stats()
         return PassResult(True)

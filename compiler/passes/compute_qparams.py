@@ -13,8 +13,7 @@ import numpy as np
 
 from quantir.compiler.decisions import record
 from quantir.compiler.pass_manager import PassContext, PassResult, register_pass
-from quantir.compiler.passes.calibrate import RANGES_KEY
-from quantir.compiler.qparams import Convention, bias_qparams, compute_qparams, unify_ranges
+from quantir.compiler.qparams.scales import Convention, bias_qparams, compute_qparams, unify_ranges
 from quantir.ir import GranularityKind, Graph, PassError, QuantSpec, QuantType, Value, traits_of
 
 __all__ = ["ComputeQParams"]
@@ -85,7 +84,7 @@ class ComputeQParams:
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         convention = Convention[self.convention.upper()]
-        ranges: dict[str, Range] = dict(ctx.data.get(RANGES_KEY, {}))  # type: ignore[call-overload]
+        ranges: dict[str, Range] = dict(ctx.ranges)
         values = [v for v in graph.values() if isinstance(v.quant, QuantSpec)]
         for v in values:
             if v.const is not None and v.name not in ranges:
@@ -132,7 +131,7 @@ class ComputeQParams:
             reason = (f"%{v.name} reaches {float(np.min(lo)):.3g}..{float(np.max(hi)):.3g} (a fill constant such as an "
                       "attention mask): int8 cannot represent it, so it stays float")  # fmt: skip
             for node in [n for n in (v.producer, *v.users()) if n is not None]:
-                record(ctx.data, node, False, reason)
+                record(ctx, node, False, reason)
         return kept
 
     @staticmethod

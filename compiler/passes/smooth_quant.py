@@ -16,13 +16,10 @@ import numpy as np
 
 from quantir.compiler.decisions import record
 from quantir.compiler.pass_manager import PassContext, PassResult, register_pass
-from quantir.compiler.passes.calibrate import RANGES_KEY
 from quantir.ir import GranularityKind, Graph, Node, PassError, QuantSpec, Tensor, TensorType, Value
 
-__all__ = ["CHANNEL_RANGES_KEY", "TARGETS_KEY", "SmoothQuant", "select_smoothing_targets"]
+__all__ = ["SmoothQuant", "select_smoothing_targets", "smoothable_inputs"]
 
-TARGETS_KEY = "smooth_targets"
-CHANNEL_RANGES_KEY = "channel_ranges"
 _MIN_SCALE, _MAX_SCALE = 1e-5, 1e5
 
 
@@ -42,6 +39,20 @@ def _smoothable(node: Node) -> bool:
     if node.op_type == "Gemm":
         return not node.attr("transA", 0)
     return node.op_type == "MatMul"
+
+
+def smoothable_inputs(graph: Graph) -> list[str]:
+    """Activations of a float graph that SmoothQuant could smooth under some config: the data input of a MatMul/Gemm
+    with a constant 2-D weight (their per-channel ranges are collected at calibration whatever the config)."""
+    names: list[str] = []
+    for node in graph.nodes:
+        x = node.inputs[0] if node.inputs else None
+        w = node.inputs[1] if len(node.inputs) > 1 else None
+        if not _smoothable(node) or x is None or x.const is not None or w is None or w.const is None:
+            continue
+        if len(w.const.shape) == 2 and isinstance(x.type, TensorType) and x.type.rank:
+            names.append(x.name)
+    return list(dict.fromkeys(names))
 
 
 def select_smoothing_targets(graph: Graph) -> dict[str, list[Node]]:
@@ -68,9 +79,7 @@ class SmoothQuant:
     alpha: float = 0.5
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        targets: dict[str, list[Node]] = ctx.data.get(TARGETS_KEY, {})  # type: ignore[assignment]
-        channel: dict[str, tuple[np.ndarray, np.ndarray]] = ctx.data.get(CHANNEL_RANGES_KEY, {})  # type: ignore[assignment]
-        ranges: dict[str, tuple[np.ndarray, np.ndarray]] = ctx.data.setdefault(RANGES_KEY, {})  # type: ignore[assignment]
+        targets, channel, ranges = ctx.smooth_targets, ctx.channel_ranges, ctx.ranges
         values = {v.name: v for v in graph.values()}
         changed = False
         for name, readers in targets.items():
@@ -125,7 +134,7 @@ class SmoothQuant:
         if not (_quantized_readers(x, mul) or _is_kernel_output_quantizer(x)):
             x.quant = None
         ranges[smoothed.name] = (np.asarray(np.min(lo / s), np.float32), np.asarray(np.max(hi / s), np.float32))
-        record(ctx.data, mul, False, f"SmoothQuant (alpha={self.alpha:g}): scales %{x.name} per channel so the "
+        record(ctx, mul, False, f"SmoothQuant (alpha={self.alpha:g}): scales %{x.name} per channel so the "
                f"{len(readers)} MatMul/Gemm reading it quantize with less outlier loss")  # fmt: skip
         return True
 

@@ -16,7 +16,7 @@ from test_onnx_qdq_legalize import Net, cnn, layernorm_between, matmul_const
 
 from quantir.backends.onnx_qdq import emit, legalize_for_onnx_qdq, lower_to_qdq
 from quantir.backends.onnx_qdq.emit import ir_sha256
-from quantir.compiler.qparams import quantize
+from quantir.compiler.qparams.scales import quantize
 from quantir.ir import DType, Graph, PassError, QuantType, SerializationError, Tensor, print_graph
 
 

@@ -13,7 +13,7 @@ import pytest
 from quantir.backends.onnx_proto import emit_model
 from quantir.backends.onnx_qdq import legalize_for_onnx_qdq
 from quantir.backends.onnx_qdq.legalize import quantized_compute_units
-from quantir.compiler.qparams import bias_qparams, compute_qparams, unify_ranges
+from quantir.compiler.qparams.scales import bias_qparams, compute_qparams, unify_ranges
 from quantir.ir import (
     Attr,
     DType,
@@ -175,13 +175,13 @@ def matmul_activations() -> Net:
 def _decisions(graph: Graph) -> dict[str, tuple[bool, str]]:
     report = legalize_for_onnx_qdq(graph)
     verify(graph)
-    return {d.node: (d.quantized, d.reason) for d in report.nodes}
+    return {d.name: (d.quantized, d.reason) for d in report.nodes}
 
 
 def test_cnn_all_units_fuse_and_relu_folds() -> None:
     g = cnn().quantize()
     report = legalize_for_onnx_qdq(g)
-    assert {d.node: (d.quantized, d.reason) for d in report.nodes} == {
+    assert {d.name: (d.quantized, d.reason) for d in report.nodes} == {
         "conv1": (True, "runs as QLinearConv"),
         "relu": (True, "Relu folded into Q"),
         "pool": (True, "runs on 8-bit data (ORT drops the Q/DQ around MaxPool)"),

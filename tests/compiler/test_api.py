@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from quantir.compiler.api import PreparedModel, convert, prepare, quantize
-from quantir.compiler.config import StaticQuantConfig
+from quantir.compiler.config.quant_config import StaticQuantConfig
 from quantir.compiler.quantized_model import QuantizedModel
 from quantir.ir import CalibrationError, ConfigError, QuantirError, QuantType
 from quantir.tools.digits import DigitsSplit, bundled_model_path, load_digits_split
@@ -59,7 +59,7 @@ def _float_logits(x: np.ndarray) -> np.ndarray:
 def reference(digits: DigitsSplit) -> QuantizedModel:
     """Default config on a list of (32, 1, 8, 8) arrays: the first 100 samples (the default sampling size)."""
     model = quantize(str(MODEL), StaticQuantConfig(), _batches(digits.calib_x))
-    assert model.ctx.data["calibration"]["samples"] == 100
+    assert model.ctx.calibration["samples"] == 100
     return model
 
 
@@ -94,7 +94,7 @@ def test_every_data_form_gives_the_same_scales(
 ) -> None:
     data = _forms(digits.calib_x, digits.train_y[:256], tmp_path)  # calib_x is train_x[:256]
     model = quantize(str(MODEL), StaticQuantConfig(), data[form])
-    assert model.ctx.data["calibration"]["samples"] == 100
+    assert model.ctx.calibration["samples"] == 100
     _assert_same_scales(_scales(model), _scales(reference))
     x = digits.test_x[:50]
     np.testing.assert_array_equal(model(x), reference(x))
@@ -124,7 +124,7 @@ def test_calling_the_prepared_model_equals_calibrate(digits: DigitsSplit) -> Non
     assert called.calibrator.samples == 256
     fed = prepare(str(MODEL)).calibrate(batches, sampling_size=256)
     by_call, by_calibrate = convert(called), convert(fed)
-    assert by_call.ctx.data["calibration"]["samples"] == by_calibrate.ctx.data["calibration"]["samples"] == 256
+    assert by_call.ctx.calibration["samples"] == by_calibrate.ctx.calibration["samples"] == 256
     _assert_same_scales(_scales(by_call), _scales(by_calibrate))
 
 
@@ -155,15 +155,15 @@ def test_torch_in_torch_out(digits: DigitsSplit) -> None:
 def test_sampling_size_limits_the_samples(digits: DigitsSplit) -> None:
     batches = _batches(digits.calib_x)
     limited = convert(prepare(str(MODEL)).calibrate(batches, sampling_size=40))  # cuts the second batch at 8 rows
-    assert limited.ctx.data["calibration"]["samples"] == 40
+    assert limited.ctx.calibration["samples"] == 40
     exact = convert(prepare(str(MODEL)).calibrate([digits.calib_x[:40]], sampling_size=1000))
-    assert exact.ctx.data["calibration"]["samples"] == 40
+    assert exact.ctx.calibration["samples"] == 40
     _assert_same_scales(_scales(limited), _scales(exact))
 
     from_config = quantize(str(MODEL), StaticQuantConfig(calibration_sampling_size=64), batches)
-    assert from_config.ctx.data["calibration"]["samples"] == 64
+    assert from_config.ctx.calibration["samples"] == 64
     everything = convert(prepare(str(MODEL)).calibrate(iter(batches), sampling_size=10_000))
-    assert everything.ctx.data["calibration"]["samples"] == 256
+    assert everything.ctx.calibration["samples"] == 256
 
 
 def test_a_generator_is_not_consumed_past_the_sampling_size(digits: DigitsSplit) -> None:
@@ -183,7 +183,7 @@ def test_convert_before_calibration_raises(digits: DigitsSplit) -> None:
     with pytest.raises(CalibrationError, match="never called with calibration data"):
         convert(prepared)
     prepared(digits.calib_x[:4])  # the same prepared model still works afterwards
-    assert convert(prepared).ctx.data["calibration"]["samples"] == 4
+    assert convert(prepared).ctx.calibration["samples"] == 4
 
 
 def test_convert_needs_a_prepared_model() -> None:
@@ -202,13 +202,13 @@ def test_quantize_needs_data_or_run_fn(digits: DigitsSplit) -> None:
             prepared(b)
 
     model = quantize(str(MODEL), StaticQuantConfig(), run_fn=run_fn)
-    assert len(seen) == 1 and model.ctx.data["calibration"]["samples"] == 64
+    assert len(seen) == 1 and model.ctx.calibration["samples"] == 64
 
 
 def test_unknown_backend_names_the_allowed_ones() -> None:
     with pytest.raises(ConfigError, match=r"unknown backend 'tensorrt'; expected one of onnx_qdq"):
         prepare(str(MODEL), backend="tensorrt")
-    assert prepare(str(MODEL), backend="onnx-qdq").backend == "onnx-qdq"  # the CLI spelling is accepted
+    assert prepare(str(MODEL), backend="onnx-qdq").backend == "onnx_qdq"  # the CLI spelling is accepted
 
 
 def test_a_quant_config_of_the_wrong_type_is_refused() -> None:

@@ -15,8 +15,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from quantir.compiler.api import convert, prepare, quantize
-from quantir.compiler.config import StaticQuantConfig, load_config
-from quantir.compiler.config_resolve import OpRef, resolve_op_configs
+from quantir.compiler.config.quant_config import StaticQuantConfig, load_config
+from quantir.compiler.config.resolve import OpRef, resolve_op_configs
 from quantir.compiler.quantized_model import QuantizedModel
 from quantir.ir import CalibrationError, ConfigError, QuantirError, SerializationError
 from quantir.tools.digits import DigitsSplit, bundled_model_path, load_digits_split
@@ -318,4 +318,4 @@ def test_a_bad_batch_after_good_ones_leaves_the_prepared_model_usable(digits: Di
         prepared.calibrate(batches)
     assert prepared.calibrator.samples == 32
     prepared.calibrate([digits.calib_x[32:64]])
-    assert convert(prepared).ctx.data["calibration"]["samples"] == 64
+    assert convert(prepared).ctx.calibration["samples"] == 64

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from quantir.compiler.config import (
+from quantir.compiler.config.quant_config import (
     ConfigWarning,
     FP8Config,
     RTNConfig,
@@ -20,7 +20,7 @@ from quantir.compiler.config import (
     load_config,
     save_config,
 )
-from quantir.compiler.config_resolve import OpRef, QuantRequest, ResolvedOpConfig, resolve_op_configs
+from quantir.compiler.config.resolve import OpRef, QuantRequest, ResolvedOpConfig, resolve_op_configs
 from quantir.ir.dtypes import DType
 from quantir.ir.errors import ConfigError
 from quantir.ir.types import Granularity, GranularityKind, QuantSpec, Scheme

@@ -13,9 +13,15 @@ from typing import TypeVar
 import numpy as np
 import pytest
 
-from quantir.compiler.histogram import _kl_divergence, _KLTables
-from quantir.compiler.observers import ALGORITHMS, HistogramObserver, MinMaxObserver, Observer, make_observer
-from quantir.compiler.qparams import compute_qparams
+from quantir.compiler.calibration.histogram import _kl_divergence, _KLTables
+from quantir.compiler.calibration.observers import (
+    ALGORITHMS,
+    HistogramObserver,
+    MinMaxObserver,
+    Observer,
+    make_observer,
+)
+from quantir.compiler.qparams.scales import compute_qparams
 from quantir.ir import CalibrationError, ConfigError, DType, Granularity, QuantSpec, Scheme
 
 HIST = ("percentile", "kl", "mse")

@@ -7,8 +7,8 @@ import io
 import pytest
 
 from quantir.compiler.api import prepare
-from quantir.compiler.config import StaticQuantConfig
-from quantir.compiler.progress import Progress
+from quantir.compiler.calibration.progress import Progress
+from quantir.compiler.config.quant_config import StaticQuantConfig
 from quantir.tools.digits import bundled_model_path, load_digits_split
 
 

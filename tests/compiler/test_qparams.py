@@ -1,4 +1,4 @@
-"""Golden tests for compiler/qparams.py: every number is hand-computed from the formulas in ../shared/reference/,
+"""Golden tests for compiler/qparams/scales.py: every number is hand-computed from the formulas in ../shared/reference/,
 then cross-checked against the real onnxruntime and torch code where those are installed."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from quantir.compiler.qparams import (
+from quantir.compiler.qparams.scales import (
     Convention,
     adjust_weight_scale_for_bias,
     bias_qparams,

@@ -10,7 +10,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from quantir.compiler.api import quantize
-from quantir.compiler.config import StaticQuantConfig
+from quantir.compiler.config.quant_config import StaticQuantConfig
 
 rng = np.random.default_rng(0)
 H, F = 16, 32
@@ -120,16 +120,19 @@ def test_smooth_quant_alone_is_exact_in_float() -> None:
     from quantir.compiler.api import prepare
     from quantir.compiler.pass_manager import PassManager
     from quantir.compiler.passes import SmoothQuant
-    from quantir.compiler.passes.smooth_quant import CHANNEL_RANGES_KEY
+    from quantir.compiler.passes.smooth_quant import select_smoothing_targets
 
     model = _block()
     prepared = prepare(model, StaticQuantConfig(smooth_quant=True))
     prepared.calibrate(_data())
-    prepared.ctx.data[CHANNEL_RANGES_KEY] = prepared.calibrator.channel_ranges()
-    PassManager([SmoothQuant(alpha=0.5)]).run(prepared.graph, prepared.ctx)
-    for v in prepared.graph.values():
+    graph, ctx = prepared.annotate()
+    ctx.smooth_targets = select_smoothing_targets(graph)
+    ctx.channel_ranges = prepared.calibrator.channel_ranges(ctx.smooth_targets)
+    assert ctx.smooth_targets and set(ctx.channel_ranges) == set(ctx.smooth_targets)
+    PassManager([SmoothQuant(alpha=0.5)]).run(graph, ctx)
+    for v in graph.values():
         v.quant = None
-    smoothed = ort.InferenceSession(emit_model(prepared.graph).SerializeToString(), providers=["CPUExecutionProvider"])
+    smoothed = ort.InferenceSession(emit_model(graph).SerializeToString(), providers=["CPUExecutionProvider"])
     ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     batch = _data(1)[0]
     np.testing.assert_allclose(smoothed.run(None, batch)[0], ref.run(None, batch)[0], rtol=1e-4, atol=1e-5)

@@ -16,7 +16,7 @@ import pytest
 from quantir.backends.openvino import verify_openvino
 from quantir.backends.openvino.emit import ov_pattern_counts, provenance
 from quantir.compiler.api import convert, prepare
-from quantir.compiler.config import StaticQuantConfig
+from quantir.compiler.config.quant_config import StaticQuantConfig
 from quantir.compiler.quantized_model import QuantizedModel
 from quantir.ir import SerializationError
 from quantir.tools.digits import DigitsSplit, bundled_model_path, load_digits_split
@@ -53,7 +53,7 @@ def test_every_quantized_conv_and_gemm_runs_i8(artifact: Path, digits: DigitsSpl
     print(f"\nOpenVINO int8 coverage: {report.coverage_text()}\n{report.format()}")
     assert [r.op_type for r in report.nodes] == ["Conv", "Conv", "Gemm", "Gemm"]
     assert report.coverage == 1.0, report.format()
-    assert all(r.layer in ("Convolution", "FullyConnected") and r.precision == "u8" for r in report.nodes)
+    assert all(r.actual in ("Convolution", "FullyConnected") and r.precision == "u8" for r in report.nodes)
     assert report.ok
 
 

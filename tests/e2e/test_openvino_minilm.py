@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from quantir.compiler.api import quantize
-from quantir.compiler.config import StaticQuantConfig
+from quantir.compiler.config.quant_config import StaticQuantConfig
 from quantir.compiler.quantized_model import QuantizedModel
 from quantir.ir import SerializationError
 from quantir.tools.minilm import CALIBRATION_COUNT, OUTPUT_NAME, batches, embed, export_minilm, load_sentences

@@ -36,8 +36,8 @@ from quantir.compiler.retarget import from_quantized, requantize, target_differe
 from quantir.frontends.onnx import import_onnx
 from quantir.ir import DType, GranularityKind, QuantType, verify
 from quantir.ir.quant_math import quantize
+from quantir.tools.dev.train_digits import load_bundled_module
 from quantir.tools.digits import DigitsSplit, load_digits_split
-from quantir.tools.train_digits import load_bundled_module
 
 VARIANTS = ("x86", "xnnpack", "xnnpack_per_tensor")
 WEIGHTS = ("conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight")

@@ -20,8 +20,8 @@ from onnx import numpy_helper
 from quantir.backends.openvino.verify import verify_openvino
 from quantir.compiler.retarget import from_quantized, requantize, target_differences
 from quantir.frontends.onnx import import_onnx
+from quantir.tools.dev.ort_baseline import ort_quantize_digits
 from quantir.tools.digits import load_digits_split
-from quantir.tools.ort_baseline import ort_quantize_digits
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pytest
 
 from quantir.backends.onnx_qdq.verify import verify_onnx_qdq
 from quantir.compiler.api import convert, prepare
-from quantir.compiler.config import StaticQuantConfig
+from quantir.compiler.config.quant_config import StaticQuantConfig
 from quantir.compiler.decisions import node_label
 from quantir.compiler.quantized_model import QuantizedModel
 from quantir.tools.digits import DigitsSplit, bundled_model_path, load_digits_split
@@ -37,7 +37,7 @@ def _quantize(cfg: StaticQuantConfig, digits: DigitsSplit) -> QuantizedModel:
     """The given config, calibrated on all 256 calibration images (the config's sampling size is 100)."""
     prepared = prepare(str(MODEL), cfg).calibrate(digits.calib_x, sampling_size=len(digits.calib_x))
     model = convert(prepared)
-    assert model.ctx.data["calibration"]["samples"] == 256
+    assert model.ctx.calibration["samples"] == 256
     return model
 
 

@@ -18,12 +18,12 @@ import torch
 
 from quantir.backends.onnx_qdq.verify import verify_onnx_qdq
 from quantir.compiler.api import PreparedModel, convert, prepare, quantize
-from quantir.compiler.config import ConfigWarning, StaticQuantConfig
+from quantir.compiler.config.quant_config import ConfigWarning, StaticQuantConfig
 from quantir.compiler.quantized_model import QuantizedModel
 from quantir.compiler.torch_export import export
 from quantir.ir import ConfigError
+from quantir.tools.dev.train_digits import load_bundled_module
 from quantir.tools.digits import DigitsSplit, load_digits_split
-from quantir.tools.train_digits import load_bundled_module
 
 FP32 = StaticQuantConfig(w_dtype="fp32", act_dtype="fp32")
 MODULES = ("conv1", "conv2", "fc1", "fc2")

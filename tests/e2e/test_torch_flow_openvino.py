@@ -16,10 +16,10 @@ import torch
 from quantir.backends.openvino import verify_openvino
 from quantir.backends.openvino.emit import provenance
 from quantir.compiler.api import convert, prepare
-from quantir.compiler.config import StaticQuantConfig
+from quantir.compiler.config.quant_config import StaticQuantConfig
 from quantir.compiler.quantized_model import QuantizedModel
+from quantir.tools.dev.train_digits import load_bundled_module
 from quantir.tools.digits import DigitsSplit, load_digits_split
-from quantir.tools.train_digits import load_bundled_module
 
 FP32 = StaticQuantConfig(w_dtype="fp32", act_dtype="fp32")
 HEAVY = ("Conv", "Gemm", "MatMul")

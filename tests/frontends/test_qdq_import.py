@@ -14,8 +14,8 @@ from quantir.frontends.onnx import import_onnx
 from quantir.frontends.onnx.qdq_import import QDQParameterError
 from quantir.ir import DType, GranularityKind, QuantType, UnsupportedOpError, verify
 from quantir.ir.quant_math import quantize
+from quantir.tools.dev.ort_baseline import ort_quantize_digits
 from quantir.tools.digits import bundled_model_path, load_digits_split
-from quantir.tools.ort_baseline import ort_quantize_digits
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 

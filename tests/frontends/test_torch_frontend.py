@@ -16,7 +16,7 @@ from quantir.compiler.torch_export import export
 from quantir.frontends.torch import import_torch
 from quantir.ir import SourceInfo
 from quantir.ir.errors import FrontendError
-from quantir.tools.train_digits import load_bundled_module
+from quantir.tools.dev.train_digits import load_bundled_module
 
 
 def digits_module() -> torch.nn.Module:

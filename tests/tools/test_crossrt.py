@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from quantir.compiler.api import convert, prepare
-from quantir.compiler.config import StaticQuantConfig
+from quantir.compiler.config.quant_config import StaticQuantConfig
 from quantir.compiler.quantized_model import QuantizedModel
 from quantir.ir import SerializationError
 from quantir.tools.cli import main as cli_main

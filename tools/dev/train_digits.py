@@ -1,7 +1,7 @@
 """Train the bundled digits CNN reproducibly (fixed seeds, a few seconds on CPU) and export it to ONNX
 with the torch dynamo exporter (optimize=False, so module names survive as provenance).
 
-Run: python -m quantir.tools.train_digits [-o tools/data/digits_cnn.onnx]
+Run: python -m quantir.tools.dev.train_digits [-o tools/data/digits_cnn.onnx]
 """
 
 from __future__ import annotations

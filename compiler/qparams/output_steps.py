@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from quantir.compiler.qparams import Convention, compute_qparams
+from quantir.compiler.qparams.scales import Convention, compute_qparams
 from quantir.ir import Granularity, Graph, QuantSpec, QuantType
 
 __all__ = ["float_output_steps"]

@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from quantir.compiler.config import (
+from quantir.compiler.config.quant_config import (
     FLOAT_DTYPES,
     QUANT_DTYPES,
     ConfigWarning,

@@ -14,7 +14,7 @@ from typing import Literal, Protocol, TypeAlias, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from quantir.compiler.histogram import GridHistogram, kl_threshold, mse_asymmetric, mse_threshold, quantile
+from quantir.compiler.calibration.histogram import GridHistogram, kl_threshold, mse_asymmetric, mse_threshold, quantile
 from quantir.ir.errors import CalibrationError, ConfigError
 
 __all__ = [
@@ -231,6 +231,18 @@ class HistogramObserver:
             return np.zeros(0), np.zeros(1)
         counts, edges = self._hist.signed()
         return counts.copy(), edges
+
+    def searched(
+        self, method: HistogramMethod, *, percentile: float, symmetric: bool, qmin: int, qmax: int
+    ) -> HistogramObserver:
+        """This histogram searched with other settings: the counts do not depend on them, so one histogram serves
+        every method, scheme and integer range (the view shares the counts; feed the original, not the view)."""
+        _check_histogram_config(method, _MIN_BINS, percentile, qmin, qmax, None, self.name)
+        view = HistogramObserver.__new__(HistogramObserver)
+        view.method, view.percentile, view.symmetric = method, float(percentile), symmetric
+        view.qmin, view.qmax, view.name = qmin, qmax, self.name
+        view._batches, view._hist = self._batches, self._hist
+        return view
 
     def range(self) -> tuple[np.ndarray, np.ndarray]:
         """(rmin, rmax) as float32 scalars, inside the observed [min, max]."""

@@ -1,6 +1,6 @@
 """One measured conversion of `quantir bench` (or the FP32 floor), run alone in a fresh process.
 
-`python -m quantir.tools.bench_child SPEC_JSON RESULT_PATH`. Before its clock starts this module has loaded only
+`python -m quantir.tools.dev.bench_child SPEC_JSON RESULT_PATH`. Before its clock starts this module has loaded only
 the standard library, numpy and the calibration data, so each tool's own imports are timed (`import_s`) apart from
 its conversion call (`seconds`).
 """
@@ -79,7 +79,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     elif tool == "ort":
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        from quantir.tools.ort_baseline import ort_quantize_static
+        from quantir.tools.dev.ort_baseline import ort_quantize_static
 
         pre = out_dir / "preprocessed.onnx"
         start = time.perf_counter()
@@ -98,7 +98,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
         ov.save_model(quantized_ov, out_dir / "artifact" / "model.xml", compress_to_fp16=False)
     else:
         from quantir.compiler.api import quantize
-        from quantir.compiler.config import StaticQuantConfig
+        from quantir.compiler.config.quant_config import StaticQuantConfig
 
         start = time.perf_counter()
         smooth = tool in ("quantir-sq", "quantir-sq-ov")

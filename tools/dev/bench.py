@@ -1,7 +1,7 @@
 """Benchmark quantir against ONNX Runtime's `quantize_static` on the digits CNN and all-MiniLM-L6-v2, on the same
 calibration data: conversion time and peak RSS (each conversion in its own process), accuracy, latency, int8 coverage.
 
-Run `python -m quantir.tools.bench [--models digits,minilm] [--calib-factor N] [--out results.json]` or
+Run `python -m quantir.tools.dev.bench [--models digits,minilm] [--calib-factor N] [--out results.json]` or
 `quantir bench`. A benchmark, not a test: it asserts nothing about time. The method is printed with the table.
 """
 
@@ -25,7 +25,7 @@ import numpy as np
 
 from quantir.backends.onnx_proto.runtime import ort_session
 from quantir.ir import ConfigError
-from quantir.tools.bench_child import DIGITS_BATCH, MINILM_BATCH, MINILM_SEQ, OV_TOOLS, SMOOTH_ALPHA
+from quantir.tools.dev.bench_child import DIGITS_BATCH, MINILM_BATCH, MINILM_SEQ, OV_TOOLS, SMOOTH_ALPHA
 
 __all__ = ["add_arguments", "main"]
 
@@ -89,7 +89,7 @@ def _run_child(model: str, tool: str, source: Path, out_dir: Path, factor: int =
     started = time.perf_counter()
     with log_path.open("w") as log:
         proc = subprocess.run(
-            [sys.executable, "-m", "quantir.tools.bench_child", json.dumps(spec), str(result_path)],
+            [sys.executable, "-m", "quantir.tools.dev.bench_child", json.dumps(spec), str(result_path)],
             stdout=log, stderr=subprocess.STDOUT, check=False,
         )  # fmt: skip
     if proc.returncode != 0 or not result_path.exists():
@@ -216,9 +216,9 @@ def _calibration_subsets(work: Path) -> dict[str, list[dict[str, float]]]:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from quantir.compiler.api import quantize
-    from quantir.compiler.config import StaticQuantConfig
+    from quantir.compiler.config.quant_config import StaticQuantConfig
+    from quantir.tools.dev.ort_baseline import ort_quantize_static
     from quantir.tools.digits import bundled_model_path, load_digits_split
-    from quantir.tools.ort_baseline import ort_quantize_static
 
     split, source = load_digits_split(), bundled_model_path()
     reference = ort_session(source).run(None, {"x": split.test_x})[0]
@@ -490,7 +490,7 @@ def _split(value: str, allowed: Sequence[str], what: str) -> list[str]:
 
 def main(argv_or_args: Sequence[str] | argparse.Namespace | None = None) -> int:
     """Run the benchmark; `argv_or_args` is a command line (None: sys.argv) or the namespace `quantir bench` parsed."""
-    parser = argparse.ArgumentParser(prog="python -m quantir.tools.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m quantir.tools.dev.bench", description=__doc__.split("\n")[0])
     add_arguments(parser)
     own = not isinstance(argv_or_args, argparse.Namespace)
     args = argv_or_args if isinstance(argv_or_args, argparse.Namespace) else parser.parse_args(argv_or_args)

@@ -1,0 +1,67 @@
+"""Legality checks every backend shares: reading a value's quant type and the type constraints of 8-bit kernels
+(activations per tensor in 8 bits, symmetric int8 weights per output channel or per tensor, identical parameters
+across data movement). Each returns the reason a kernel cannot run, or None; the backend names its kernel and
+runtime in the message. Backend-specific rules (ORT's int32 bias, Relu/Clip folding) stay in the backend."""
+
+from __future__ import annotations
+
+from collections.abc import Set
+
+from quantir.ir import DType, GranularityKind, Node, QuantType, TensorType, Value
+
+__all__ = [
+    "EIGHT_BIT",
+    "activation_problem",
+    "describe_params",
+    "quant_type_of",
+    "same_params",
+    "weight_problem",
+]
+
+EIGHT_BIT = frozenset({DType.U8, DType.I8})
+
+
+def quant_type_of(v: Value | None) -> QuantType | None:
+    """The calibrated quant type of `v`, or None."""
+    return v.quant if v is not None and isinstance(v.quant, QuantType) else None
+
+
+def describe_params(q: QuantType) -> str:
+    """`u8 scale [0.1] zp [3]`, for messages (at most four channels shown)."""
+    return f"{q.dtype} scale {q.scale.reshape(-1)[:4].tolist()} zp {q.zero_point.reshape(-1)[:4].tolist()}"
+
+
+def activation_problem(v: Value, q: QuantType, kernel: str, dtypes: Set[DType] = EIGHT_BIT) -> str | None:
+    """Activations of a kernel are 8-bit (`dtypes`) and per tensor: one scalar scale and zero point."""
+    if q.dtype not in dtypes:
+        return f"%{v.name} is {q.dtype}; {kernel} needs 8-bit (u8/s8) activations"
+    if q.granularity.kind is not GranularityKind.PER_TENSOR:
+        return f"%{v.name} is quantized {q.granularity.kind.value}; {kernel} needs one activation scale and zero point"
+    return None
+
+
+def weight_problem(
+    node: Node, w: Value, q: QuantType, axis: int, kernel: str, runtime: str, dtypes: Set[DType] = frozenset({DType.I8})
+) -> str | None:
+    """Weights are s8 (`dtypes`) symmetric with zero point 0, per tensor or per channel on the op's output-channel
+    `axis`."""
+    if q.dtype not in dtypes:
+        return f"weight %{w.name} is {q.dtype}; {kernel} needs s8 symmetric weights"
+    if q.zero_point.any():
+        return (f"weight %{w.name} is asymmetric (nonzero zero points); {kernel} needs symmetric weights with zero "
+                f"point 0, so {runtime} runs it in float")  # fmt: skip
+    g = q.granularity
+    if g.kind is GranularityKind.PER_GROUP:
+        return f"weight %{w.name} is quantized per group; {runtime} has no 8-bit blocked {kernel}"
+    rank = w.type.rank if isinstance(w.type, TensorType) else None
+    if g.kind is GranularityKind.PER_CHANNEL and g.axis is not None and rank and g.axis % rank != axis:
+        return (f"weight %{w.name} is quantized per channel on axis {g.axis % rank}; the output channels of "
+                f"{node.op_type} are on axis {axis}")  # fmt: skip
+    return None
+
+
+def same_params(a: QuantType, b: QuantType) -> bool:
+    """Byte-identical storage type, granularity, scale and zero point: what a runtime needs to move int8 data
+    through an op without requantizing."""
+    return (a.dtype == b.dtype and a.granularity == b.granularity and a.scale.tobytes() == b.scale.tobytes()
+            and a.zero_point.tobytes() == b.zero_point.tobytes())  # fmt: skip

@@ -1,0 +1,16 @@
+"""Quantization configs with INC 3.x semantics: `StaticQuantConfig` (with `set_local`), `RTNConfig`, `FP8Config`,
+`TuningConfig`; YAML/JSON loading; and the per-op resolution of a config against a graph (`resolve`)."""
+
+from __future__ import annotations
+
+from quantir.compiler.config.quant_config import (
+    ConfigWarning,
+    FP8Config,
+    RTNConfig,
+    StaticQuantConfig,
+    load_config,
+    save_config,
+)
+from quantir.compiler.config.tuning_config import TuningConfig
+
+__all__ = ["ConfigWarning", "FP8Config", "RTNConfig", "StaticQuantConfig", "TuningConfig", "load_config", "save_config"]
