@@ -111,12 +111,16 @@ class PreparedModel:
         """prepare's `print_ir_after`, which `convert` applies to its own passes too."""
         self._calibrator: Calibrator | None = None
 
-    def annotate(self, quant_config: StaticQuantConfig | None = None) -> tuple[Graph, PassContext]:
-        """A copy of the float graph annotated for `quant_config` (default: prepare's), and its pass context."""
+    def annotate(
+        self, quant_config: StaticQuantConfig | None = None, *, print_ir: bool = False
+    ) -> tuple[Graph, PassContext]:
+        """A copy of the float graph annotated for `quant_config` (default: prepare's), and its pass context;
+        `print_ir` applies prepare's `print_ir_after`."""
         cfg = self.config if quant_config is None else quant_config
         graph = clone_graph(self.graph)[0]
         ctx = PassContext()
-        PassManager([Annotate(backend=self.backend, config=cfg)], print_ir_after=self.print_ir_after).run(graph, ctx)
+        mode = self.print_ir_after if print_ir else None
+        PassManager([Annotate(backend=self.backend, config=cfg)], print_ir_after=mode).run(graph, ctx)
         return graph, ctx
 
     @property
@@ -187,7 +191,7 @@ def convert(prepared: PreparedModel, quant_config: StaticQuantConfig | None = No
     if not isinstance(prepared, PreparedModel):
         raise QuantirError(f"convert() takes the result of prepare(), got {type(prepared).__name__}")
     cfg = prepared.config if quant_config is None else _check_config(quant_config, "convert")
-    graph, ctx = prepared.annotate(cfg)
+    graph, ctx = prepared.annotate(cfg, print_ir=True)
     calibrator = prepared.calibrator
     ctx.ranges = calibrator.ranges_for(graph, percentile=cfg.percentile)
     ctx.calibration = calibrator.stats()
