@@ -160,7 +160,8 @@ def run_convert(args: argparse.Namespace) -> int:
         try:
             targets = [get_backend(args.to).name]
         except QuantirError:
-            raise QuantirError(f"--to {args.to}: unknown target; expected {', '.join(known)} or all") from None
+            spelled = ", ".join(n.replace("_", "-") for n in known)
+            raise QuantirError(f"--to {args.to}: unknown target; expected {spelled} or all") from None
     if _has_qdq(args.model):
         return run_retarget(args, targets)
     if not args.calib:
