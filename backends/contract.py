@@ -10,7 +10,8 @@ A backend is one `Backend` value (in `<backend>/backend.py`, found through `quan
 - `emit(graph, dir, manifest=...)`: writes the artifact folder atomically;
 - `verify(dir, inputs) -> VerifyReport`: loads the artifact in its runtime and says what really runs in low
   precision and whether it computes what the IR's fake-quant semantics compute;
-- `load(dir) -> Runner`: the artifact as a callable in its own runtime.
+- `load(dir) -> Runner`: the artifact as a callable in its own runtime (and `load_float(model.onnx)`, the float
+  baseline in that runtime).
 
 Backends never optimize and never compute scales: they emit what the IR decided (ARCHITECTURE.md §5).
 """
@@ -344,9 +345,13 @@ class Backend:
     """`emit(graph, out_dir, *, manifest) -> Path`."""
     verify: Callable[..., VerifyReport]
     """`verify(artifact_dir, inputs, **options) -> VerifyReport`."""
-    load: Callable[[Path], Runner]
+    load: Callable[..., Runner]
+    """`load(artifact_dir, *, threads=None) -> Runner`; `threads` bounds the runtime's intra-op threads."""
     aliases: tuple[str, ...] = ()
     description: str = ""
+    load_float: Callable[..., Runner] | None = None
+    """`load_float(onnx_path, *, threads=None) -> Runner`: a float ONNX model in the same runtime, the baseline of
+    speed and accuracy figures (None: the runtime cannot run one)."""
     reference_model: Callable[[Path], Path | None] = lambda _dir: None
     """The artifact's QDQ ONNX model of its legalized graph (the IR's fake-quant semantics), if it writes one."""
     weight_rule: QuantSpec | None = None

@@ -59,8 +59,10 @@ def run_all(session: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray
 class OrtRunner:
     """An ONNX model in an ORT CPU session, as the contract's `Runner`: feed dict in, outputs in model order out."""
 
-    def __init__(self, model: str | os.PathLike[str] | bytes, *, level: OptLevel = "all") -> None:
-        self.session = ort_session(model, level=level)
+    def __init__(
+        self, model: str | os.PathLike[str] | bytes, *, level: OptLevel = "all", threads: int | None = None
+    ) -> None:
+        self.session = ort_session(model, level=level, threads=threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 

@@ -24,10 +24,16 @@ def _verify(artifact_dir: str | os.PathLike[str], inputs: dict[str, np.ndarray],
     return verify_onnx_qdq(artifact_dir, inputs, **options)
 
 
-def _load(artifact_dir: Path) -> Runner:
+def _load(artifact_dir: Path, *, threads: int | None = None) -> Runner:
     from quantir.backends.onnx_qdq.verify import load
 
-    return load(artifact_dir)
+    return load(artifact_dir, threads=threads)
+
+
+def _load_float(model: Path, *, threads: int | None = None) -> Runner:
+    from quantir.backends.onnx_qdq.verify import load_onnx
+
+    return load_onnx(model, threads=threads)
 
 
 def _reference(artifact_dir: Path) -> Path:
@@ -47,6 +53,7 @@ BACKEND = Backend(
     emit=emit,
     verify=_verify,
     load=_load,
+    load_float=_load_float,
     description="ONNX QDQ model (model.onnx) that ONNX Runtime's CPU EP runs as fused integer kernels",
     reference_model=_reference,
     # ONNX Runtime's QDQ default for int8 weights: symmetric i8 per channel (quantize_static's ±127 range)

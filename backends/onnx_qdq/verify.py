@@ -57,11 +57,16 @@ def _model_file(folder: Path) -> Path:
     return folder / manifest.get("model", MODEL_FILE)
 
 
-def load(artifact_dir: str | os.PathLike[str]) -> OrtRunner:
+def load(artifact_dir: str | os.PathLike[str], *, threads: int | None = None) -> OrtRunner:
     """The artifact's model in an ORT CPU session with every optimization (fused integer kernels)."""
     model = _model_file(Path(artifact_dir))
+    return load_onnx(model, threads=threads)
+
+
+def load_onnx(model: str | os.PathLike[str], *, threads: int | None = None) -> OrtRunner:
+    """Any ONNX model (a float baseline, or the artifact's) in an ORT CPU session with every optimization."""
     try:
-        return OrtRunner(model, level="all")
+        return OrtRunner(model, level="all", threads=threads)
     except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
         raise SerializationError(f"ONNX Runtime cannot load {os.fspath(model)!r}: {e}") from e
 

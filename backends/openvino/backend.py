@@ -32,10 +32,16 @@ def _verify(artifact_dir: str | os.PathLike[str], inputs: dict[str, np.ndarray],
     return verify_openvino(artifact_dir, inputs, **options)
 
 
-def _load(artifact_dir: Path) -> Runner:
+def _load(artifact_dir: Path, *, threads: int | None = None) -> Runner:
     from quantir.backends.openvino.verify import load
 
-    return load(artifact_dir)
+    return load(artifact_dir, threads=threads)
+
+
+def _load_float(model: Path, *, threads: int | None = None) -> Runner:
+    from quantir.backends.openvino.verify import compile_cpu
+
+    return compile_cpu(model, threads=threads)
 
 
 def _reference(artifact_dir: Path) -> Path:
@@ -55,6 +61,7 @@ BACKEND = Backend(
     emit=_emit,
     verify=_verify,
     load=_load,
+    load_float=_load_float,
     description="OpenVINO IR (model.xml + model.bin) whose Conv/MatMul run _I8 kernels on the CPU plugin",
     reference_model=_reference,
     # OpenVINO's CPU int8 kernels: symmetric i8, per output channel, narrow range (NNCF's 255-level weights)

@@ -24,7 +24,11 @@ from quantir.backends.openvino.capabilities import COVERAGE_LAYERS, RUNTIME, is_
 from quantir.backends.openvino.emit import BACKEND, MODEL_FILE, REFERENCE_FILE
 from quantir.ir import SerializationError
 
-__all__ = ["OvRunner", "VerifyReport", "load", "runtime_nodes", "verify_openvino"]
+__all__ = ["OvRunner", "VerifyReport", "compile_cpu", "load", "runtime_nodes", "verify_openvino"]
+
+
+_NOT_KERNELS = frozenset({"Const", "Input", "Output"})
+"""Runtime nodes that hold or pass data, not kernels."""
 
 
 class OvRunner:
@@ -47,14 +51,20 @@ def _manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def load(artifact_dir: str | os.PathLike[str]) -> OvRunner:
+def load(artifact_dir: str | os.PathLike[str], *, threads: int | None = None) -> OvRunner:
     """The artifact compiled on OpenVINO's CPU plugin."""
     folder = Path(artifact_dir)
     manifest = _manifest(folder)
+    return compile_cpu(folder / manifest.get("model", MODEL_FILE), threads=threads)
+
+
+def compile_cpu(model: str | os.PathLike[str], *, threads: int | None = None) -> OvRunner:
+    """An OpenVINO IR or ONNX model (e.g. a float baseline) compiled on the CPU plugin."""
+    config = {} if threads is None else {"INFERENCE_NUM_THREADS": threads}
     try:
-        return OvRunner(ov.Core().compile_model(os.fspath(folder / manifest.get("model", MODEL_FILE)), "CPU"))
+        return OvRunner(ov.Core().compile_model(os.fspath(model), "CPU", config))
     except Exception as e:  # OpenVINO's own exception types
-        raise SerializationError(f"OpenVINO cannot compile {os.fspath(folder)!r} on CPU: {e}") from e
+        raise SerializationError(f"OpenVINO cannot compile {os.fspath(model)!r} on CPU: {e}") from e
 
 
 def _rt(info: Any, key: str) -> str:
@@ -101,7 +111,8 @@ def verify_openvino(
         precision, primitive = row.get("precision", ""), row.get("primitive", "")
         report.nodes.append(KernelRow(u["name"], u["op_type"], u.get("module", ""), "", row.get("layer", ""),
                                       is_int8_primitive(precision, primitive), precision, primitive))  # fmt: skip
-    kernels = Counter(r["layer"] for r in rows if is_int8_primitive(r["precision"], r["primitive"]))
+    kernels = Counter(r["layer"] for r in rows
+                      if r["layer"] not in _NOT_KERNELS and is_int8_primitive(r["precision"], r["primitive"]))  # fmt: skip
     report.kernels = dict(kernels)
     ref = run_all(ort_session(folder / manifest.get("reference", REFERENCE_FILE), level="none"), inputs)
     infos = manifest.get("outputs", {})

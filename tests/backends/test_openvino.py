@@ -13,10 +13,10 @@ import pytest
 
 from quantir.backends.openvino import legalize_for_openvino
 from quantir.backends.openvino.emit import emit
+from quantir.backends.registry import backend_names, get_backend
 from quantir.compiler.api import convert, prepare
 from quantir.compiler.config.quant_config import StaticQuantConfig
 from quantir.compiler.qparams.scales import Convention
-from quantir.backends.registry import backend_names, get_backend
 from quantir.compiler.quantized_model import QuantizedModel
 from quantir.ir import Granularity, Graph, QuantType, SerializationError
 from quantir.ir.clone import clone_graph
