@@ -111,8 +111,8 @@ def verify_openvino(
         precision, primitive = row.get("precision", ""), row.get("primitive", "")
         report.nodes.append(KernelRow(u["name"], u["op_type"], u.get("module", ""), "", row.get("layer", ""),
                                       is_int8_primitive(precision, primitive), precision, primitive))  # fmt: skip
-    kernels = Counter(r["layer"] for r in rows
-                      if r["layer"] not in _NOT_KERNELS and is_int8_primitive(r["precision"], r["primitive"]))  # fmt: skip
+    int8 = [r for r in rows if r["layer"] not in _NOT_KERNELS and is_int8_primitive(r["precision"], r["primitive"])]
+    kernels = Counter(r["layer"] for r in int8)
     report.kernels = dict(kernels)
     ref = run_all(ort_session(folder / manifest.get("reference", REFERENCE_FILE), level="none"), inputs)
     infos = manifest.get("outputs", {})
