@@ -18,6 +18,7 @@ Backends never optimize and never compute scales: they emit what the IR decided 
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ __all__ = [
     "VerifyReport",
     "compare_output",
     "format_table",
+    "lazy",
 ]
 
 HEAVY_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
@@ -329,6 +331,18 @@ def compare_output(name: str, got: np.ndarray, ref: np.ndarray, info: Mapping[st
 
 
 # ---- the backend ----------------------------------------------------------------------------------------------------
+
+
+def lazy(module: str, name: str) -> Callable[..., Any]:
+    """`module.name`, imported on first call: a backend's emit/verify/load that need its runtime package cost nothing
+    until used."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = f"`{module}.{name}`, imported on first call."
+    return call
 
 
 @dataclass(frozen=True, slots=True)

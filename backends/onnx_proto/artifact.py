@@ -20,8 +20,8 @@ from quantir.ir import Graph, QuantType, SerializationError
 from quantir.ir.printer import print_graph_with_tensors
 
 __all__ = [
-    "MANIFEST_FILE", "SCHEMA", "check_destination", "ir_sha256", "manifest_text", "output_quantization",
-    "read_manifest", "write_artifact",
+    "MANIFEST_FILE", "SCHEMA", "check_destination", "ir_sha256", "manifest_file", "manifest_text",
+    "output_quantization", "read_manifest", "write_artifact",
 ]  # fmt: skip
 
 MANIFEST_FILE = "quantir.json"
@@ -66,6 +66,12 @@ def read_manifest(artifact_dir: str | os.PathLike[str]) -> dict[str, Any] | None
     return doc
 
 
+def manifest_file(artifact_dir: str | os.PathLike[str], key: str, default: str) -> Path:
+    """The file the artifact's manifest names under `key` (e.g. "model", "reference"), or `default`."""
+    folder = Path(artifact_dir)
+    return folder / str((read_manifest(folder) or {}).get(key, default))
+
+
 def check_destination(out: Path) -> None:
     """Refuse a destination that is not a folder, or a non-empty folder that holds no quantir artifact."""
     if out.is_symlink() or (out.exists() and not out.is_dir()):
@@ -94,9 +100,17 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
 
 
 def manifest_text(doc: dict[str, Any], out: Path) -> str:
-    """`doc` as indented JSON; a `SerializationError` naming `out` when it is not serializable."""
+    """`doc` as indented JSON (objects with a `to_json()`, such as a `LegalizeReport`, as its result); a
+    `SerializationError` naming `out` when it is not serializable."""
+
+    def as_json(value: Any) -> Any:
+        to_json = getattr(value, "to_json", None)
+        if to_json is None:
+            raise TypeError(f"{type(value).__name__} is not JSON serializable")
+        return to_json()
+
     try:
-        return json.dumps(doc, indent=2, allow_nan=False) + "\n"
+        return json.dumps(doc, indent=2, allow_nan=False, default=as_json) + "\n"
     except (TypeError, ValueError) as e:
         raise SerializationError(f"the manifest for {os.fspath(out)!r} is not JSON-serializable: {e}") from e
 

@@ -3,13 +3,10 @@ Runtime's CPU EP fuses into integer kernels. Importing this module imports no ru
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Any
+from functools import partial
 
-import numpy as np
-
-from quantir.backends.contract import Backend, Runner, VerifyReport
+from quantir.backends.contract import Backend, lazy
+from quantir.backends.onnx_proto.artifact import manifest_file
 from quantir.backends.onnx_qdq.capabilities import RUNTIME, TABLE
 from quantir.backends.onnx_qdq.emit import MODEL_FILE, emit
 from quantir.backends.onnx_qdq.legalize import legalize_for_onnx_qdq
@@ -17,31 +14,7 @@ from quantir.ir import DType, Granularity, QuantSpec, Scheme
 
 __all__ = ["BACKEND"]
 
-
-def _verify(artifact_dir: str | os.PathLike[str], inputs: dict[str, np.ndarray], **options: Any) -> VerifyReport:
-    from quantir.backends.onnx_qdq.verify import verify_onnx_qdq
-
-    return verify_onnx_qdq(artifact_dir, inputs, **options)
-
-
-def _load(artifact_dir: Path, *, threads: int | None = None) -> Runner:
-    from quantir.backends.onnx_qdq.verify import load
-
-    return load(artifact_dir, threads=threads)
-
-
-def _load_float(model: Path, *, threads: int | None = None) -> Runner:
-    from quantir.backends.onnx_qdq.verify import load_onnx
-
-    return load_onnx(model, threads=threads)
-
-
-def _reference(artifact_dir: Path) -> Path:
-    """The artifact's model is itself the QDQ graph of the legalized IR."""
-    from quantir.backends.onnx_proto.artifact import read_manifest
-
-    return artifact_dir / str((read_manifest(artifact_dir) or {}).get("model", MODEL_FILE))
-
+_VERIFY = "quantir.backends.onnx_qdq.verify"
 
 BACKEND = Backend(
     name="onnx_qdq",
@@ -51,11 +24,11 @@ BACKEND = Backend(
     capabilities=TABLE,
     legalize=legalize_for_onnx_qdq,
     emit=emit,
-    verify=_verify,
-    load=_load,
-    load_float=_load_float,
+    verify=lazy(_VERIFY, "verify_onnx_qdq"),
+    load=lazy(_VERIFY, "load"),
+    load_float=lazy(_VERIFY, "load_onnx"),
     description="ONNX QDQ model (model.onnx) that ONNX Runtime's CPU EP runs as fused integer kernels",
-    reference_model=_reference,
+    reference_model=partial(manifest_file, key="model", default=MODEL_FILE),  # the model is the QDQ graph itself
     # ONNX Runtime's QDQ default for int8 weights: symmetric i8 per channel (quantize_static's ±127 range)
     weight_rule=QuantSpec(DType.I8, Scheme.SYM, Granularity.per_channel(0), "minmax", qmin=-127, qmax=127),
     int32_bias=True,

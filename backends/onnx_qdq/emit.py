@@ -24,7 +24,7 @@ from quantir.backends.onnx_proto.artifact import (
     write_artifact,
 )
 from quantir.backends.onnx_proto.qdq import lower_to_qdq, node_names
-from quantir.backends.onnx_qdq.legalize import LegalizeReport, quantized_compute_units
+from quantir.backends.onnx_qdq.legalize import quantized_compute_units
 from quantir.ir import Graph, SerializationError
 
 __all__ = ["BACKEND", "MANIFEST_FILE", "MODEL_FILE", "SCHEMA", "emit", "ir_sha256", "read_manifest"]
@@ -47,8 +47,7 @@ def _manifest(graph: Graph, lowered: Graph, manifest: dict[str, Any]) -> dict[st
         "schema": SCHEMA, "backend": BACKEND, "model": MODEL_FILE, "opset": lowered.opset,
         "ir_sha256": ir_sha256(graph), "quantized_nodes": units, "outputs": output_quantization(graph),
     }  # fmt: skip
-    for key, value in manifest.items():
-        doc[key] = value.to_json() if isinstance(value, LegalizeReport) else value
+    doc.update(manifest)
     return doc
 
 

@@ -4,52 +4,19 @@ do, on first use."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Any
+from functools import partial
 
-import numpy as np
-
-from quantir.backends.contract import Backend, Runner, VerifyReport
+from quantir.backends.contract import Backend, lazy
+from quantir.backends.onnx_proto.artifact import manifest_file
 from quantir.backends.openvino.capabilities import RUNTIME, TABLE
 from quantir.backends.openvino.legalize import legalize_for_openvino
-from quantir.ir import DType, Granularity, Graph, QuantSpec, Scheme
+from quantir.ir import DType, Granularity, QuantSpec, Scheme
 
-__all__ = ["BACKEND"]
+__all__ = ["BACKEND", "REFERENCE_FILE"]
 
 REFERENCE_FILE = "model.qdq.onnx"
-
-
-def _emit(graph: Graph, out_dir: str | os.PathLike[str], *, manifest: dict[str, Any]) -> Path:
-    from quantir.backends.openvino.emit import emit
-
-    return emit(graph, out_dir, manifest=manifest)
-
-
-def _verify(artifact_dir: str | os.PathLike[str], inputs: dict[str, np.ndarray], **options: Any) -> VerifyReport:
-    from quantir.backends.openvino.verify import verify_openvino
-
-    return verify_openvino(artifact_dir, inputs, **options)
-
-
-def _load(artifact_dir: Path, *, threads: int | None = None) -> Runner:
-    from quantir.backends.openvino.verify import load
-
-    return load(artifact_dir, threads=threads)
-
-
-def _load_float(model: Path, *, threads: int | None = None) -> Runner:
-    from quantir.backends.openvino.verify import compile_cpu
-
-    return compile_cpu(model, threads=threads)
-
-
-def _reference(artifact_dir: Path) -> Path:
-    """The QDQ ONNX model the emitter fed OpenVINO's frontend (the legalized IR's fake-quant semantics)."""
-    from quantir.backends.onnx_proto.artifact import read_manifest
-
-    return artifact_dir / str((read_manifest(artifact_dir) or {}).get("reference", REFERENCE_FILE))
-
+"""The QDQ ONNX model the emitter fed OpenVINO's frontend (the legalized IR's fake-quant semantics)."""
+_VERIFY = "quantir.backends.openvino.verify"
 
 BACKEND = Backend(
     name="openvino",
@@ -58,12 +25,12 @@ BACKEND = Backend(
     convention="openvino",
     capabilities=TABLE,
     legalize=legalize_for_openvino,
-    emit=_emit,
-    verify=_verify,
-    load=_load,
-    load_float=_load_float,
+    emit=lazy("quantir.backends.openvino.emit", "emit"),
+    verify=lazy(_VERIFY, "verify_openvino"),
+    load=lazy(_VERIFY, "load"),
+    load_float=lazy(_VERIFY, "compile_cpu"),
     description="OpenVINO IR (model.xml + model.bin) whose Conv/MatMul run _I8 kernels on the CPU plugin",
-    reference_model=_reference,
+    reference_model=partial(manifest_file, key="reference", default=REFERENCE_FILE),
     # OpenVINO's CPU int8 kernels: symmetric i8, per output channel, narrow range (NNCF's 255-level weights)
     weight_rule=QuantSpec(DType.I8, Scheme.SYM, Granularity.per_channel(0), "minmax", qmin=-127, qmax=127),
     folds_constant_math=(

@@ -29,7 +29,7 @@ from quantir.backends.onnx_proto.artifact import (
 )
 from quantir.backends.onnx_proto.qdq import lower_to_qdq, node_names
 from quantir.backends.openvino.backend import REFERENCE_FILE
-from quantir.backends.openvino.legalize import LegalizeReport, quantized_compute_units
+from quantir.backends.openvino.legalize import quantized_compute_units
 from quantir.ir import DType, Graph, QuantType, SerializationError
 
 __all__ = ["BACKEND", "MODEL_FILE", "PROVENANCE_KEY", "REFERENCE_FILE", "emit", "ov_pattern_counts", "provenance"]
@@ -129,8 +129,7 @@ def _manifest(graph: Graph, counts: dict[str, int], manifest: dict[str, Any]) ->
         "ir_sha256": ir_sha256(graph), "quantized_nodes": units, "outputs": output_quantization(graph),
         "openvino": {"version": ov.get_version(), "patterns": counts},
     }  # fmt: skip
-    for key, value in manifest.items():
-        doc[key] = value.to_json() if isinstance(value, LegalizeReport) else value
+    doc.update(manifest)
     return doc
 
 

@@ -58,7 +58,7 @@ def _emit(graph: Graph, out_dir: str | os.PathLike[str], *, manifest: dict[str, 
     out = Path(out_dir).absolute()
     check_destination(out)
     doc = {"schema": SCHEMA, "backend": "toy_fp16", "model": "model.onnx", "reference": "reference.onnx"}
-    doc.update({k: v.to_json() if isinstance(v, LegalizeReport) else v for k, v in manifest.items()})
+    doc.update(manifest)
     reference = emit_model(graph)
 
     def write(tmp: Path) -> None:
