@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
+import onnx
 
 from quantir.backends.registry import DEFAULT_BACKEND, get_backend
 from quantir.compiler.calibration.data import validate_batch
@@ -67,7 +68,7 @@ def _load(model: Any, example_inputs: Any = None, dynamic_shapes: Any = None) ->
         return clone_graph(model)[0]
     if isinstance(model, (str, os.PathLike)):
         return load_graph(model)
-    if type(model).__name__ == "ModelProto":
+    if isinstance(model, onnx.ModelProto):
         return import_onnx(model)
     raise QuantirError(f"cannot quantize a {type(model).__name__}; expected an ONNX path, a ModelProto, an IR Graph, "
                        "a torch.nn.Module or a torch.export.ExportedProgram")  # fmt: skip

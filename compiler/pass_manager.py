@@ -10,9 +10,12 @@ reproducer (input IR + pipeline) when a pass fails. Pipelines can be written as 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import re
 import sys
 import time
+import types
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,14 +24,16 @@ from typing import Any, ClassVar, Literal, Protocol, TextIO, TypeVar, cast, runt
 import numpy as np
 
 from quantir.backends.contract import LegalizeReport, OpDecision
-from quantir.ir import CalibrationError, ConfigError, Graph, Node, PassError, QuantirError, textio, verify
+from quantir.ir import CalibrationError, ConfigError, Graph, Node, PassError, VerifyError, textio, verify
 from quantir.ir.printer import print_graph
 
 __all__ = [
     "Pass",
     "PassContext",
     "PassManager",
+    "PASSES",
     "PassRecord",
+    "PassRegistry",
     "PassResult",
     "parse_pipeline",
     "register_pass",
@@ -84,49 +89,91 @@ class PassRecord:
     seconds: float
 
 
-_REGISTRY: dict[str, type[Pass]] = {}
+class PassRegistry:
+    """Pass name -> pass class, for string pipelines. `parse_pipeline` takes one explicitly."""
+
+    def __init__(self) -> None:
+        self._passes: dict[str, type[Pass]] = {}
+
+    def register(self, cls: P) -> P:
+        """Class decorator: make a pass available under its `name`."""
+        name = getattr(cls, "name", None)
+        if not isinstance(name, str) or not dataclasses.is_dataclass(cls):
+            raise TypeError(f"{cls!r} must be a dataclass with a `name: ClassVar[str]`")
+        known = self._passes.get(name)
+        if known is not None and known is not cast(type[Pass], cls):
+            raise TypeError(f"two passes are registered as {name!r}")
+        self._passes[name] = cast(type[Pass], cls)
+        return cls
+
+    def get(self, name: str) -> type[Pass] | None:
+        return self._passes.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._passes)
+
+    def as_dict(self) -> dict[str, type[Pass]]:
+        return dict(self._passes)
+
+
 P = TypeVar("P", bound=type)
+
+PASSES = PassRegistry()
+"""The registry the built-in passes register into (`quantir.compiler.passes.builtin_registry()` returns it with every
+built-in pass loaded)."""
 
 
 def register_pass(cls: P) -> P:
-    """Class decorator: make a pass available to string pipelines under its `name`."""
-    name = getattr(cls, "name", None)
-    if not isinstance(name, str) or not dataclasses.is_dataclass(cls):
-        raise TypeError(f"{cls!r} must be a dataclass with a `name: ClassVar[str]`")
-    if name in _REGISTRY and _REGISTRY[name] is not cast(type[Pass], cls):
-        raise TypeError(f"two passes are registered as {name!r}")
-    _REGISTRY[name] = cast(type[Pass], cls)
-    return cls
+    """Class decorator: register a pass in `PASSES`."""
+    return PASSES.register(cls)
 
 
 def registered_passes() -> dict[str, type[Pass]]:
-    return dict(_REGISTRY)
+    return PASSES.as_dict()
 
 
 _STEP = re.compile(r"\s*([A-Za-z_][\w-]*)\s*(?:\{([^{}]*)\})?\s*(?:,|$)")
+_TRUE, _FALSE, _NONE = ("true", "1", "yes"), ("false", "0", "no"), ("none", "null")
 
 
-def _convert(raw: str, annotation: Any, where: str) -> Any:
-    text = str(annotation)
-    if "bool" in text:
-        if raw.lower() in ("true", "1", "yes"):
+def _parse_option(raw: str, typ: Any, where: str) -> Any:
+    """`raw` as a value of the resolved type `typ`: bool, int, float, str, an Enum, a Literal, or `X | None`."""
+    origin, args = typing.get_origin(typ), typing.get_args(typ)
+    if origin in (types.UnionType, typing.Union):
+        if type(None) in args and raw.lower() in _NONE:
+            return None
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1:
+            return _parse_option(raw, rest[0], where)
+        raise PassError(f"{where}: a union of {', '.join(map(str, rest))} cannot be set from a pipeline string")
+    if origin is Literal:
+        for choice in args:
+            if str(choice) == raw or (isinstance(choice, bool) and raw.lower() in (_TRUE if choice else _FALSE)):
+                return choice
+        raise PassError(f"{where}: expected one of {', '.join(map(str, args))}, found {raw!r}")
+    if typ is bool:
+        if raw.lower() in _TRUE:
             return True
-        if raw.lower() in ("false", "0", "no"):
+        if raw.lower() in _FALSE:
             return False
         raise PassError(f"{where}: expected true or false, found {raw!r}")
-    for typ in (int, float):
-        if typ.__name__ in text and "str" not in text:
-            try:
-                return typ(raw)
-            except ValueError:
-                raise PassError(f"{where}: expected {typ.__name__}, found {raw!r}") from None
-    return raw
+    if typ in (int, float):
+        try:
+            return typ(raw)
+        except ValueError:
+            raise PassError(f"{where}: expected {typ.__name__}, found {raw!r}") from None
+    if typ is str:
+        return raw
+    if isinstance(typ, type) and issubclass(typ, enum.Enum):
+        for member in typ:
+            if raw in (member.name, str(member.value)) or raw.upper() == member.name:
+                return member
+        raise PassError(f"{where}: expected one of {', '.join(m.name.lower() for m in typ)}, found {raw!r}")
+    raise PassError(f"{where}: an option of type {getattr(typ, '__name__', typ)} cannot be set from a pipeline string")
 
 
-def parse_pipeline(text: str) -> list[Pass]:
-    """`a,b{opt=1,flag=true}` -> pass instances, options checked against each pass's fields."""
-    import quantir.compiler.passes  # noqa: F401  (registers the built-in passes)
-
+def parse_pipeline(text: str, registry: PassRegistry) -> list[Pass]:
+    """`a,b{opt=1,flag=true}` -> pass instances from `registry`; each option is parsed by its field's type."""
     passes: list[Pass] = []
     pos = 0
     text = text.strip()
@@ -135,11 +182,12 @@ def parse_pipeline(text: str) -> list[Pass]:
         if m is None or m.end() == pos:
             raise PassError(f"cannot parse pipeline {text!r} at column {pos + 1}: expected name or name{{opt=value}}")
         name, opts = m.group(1), m.group(2)
-        cls = _REGISTRY.get(name)
+        cls = registry.get(name)
         if cls is None:
-            known = ", ".join(sorted(_REGISTRY)) or "(none registered)"
+            known = ", ".join(registry.names()) or "(none registered)"
             raise PassError(f"unknown pass {name!r} in pipeline; known passes: {known}")
-        fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        fields = [f.name for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
+        hints = typing.get_type_hints(cls)
         kwargs: dict[str, Any] = {}
         for item in filter(None, (s.strip() for s in (opts or "").split(","))):
             key, sep, raw = item.partition("=")
@@ -147,10 +195,20 @@ def parse_pipeline(text: str) -> list[Pass]:
             if not sep or key not in fields:
                 allowed = ", ".join(fields) or "none"
                 raise PassError(f"pass {name!r} has no option {key!r}; options: {allowed}")
-            kwargs[key] = _convert(raw.strip(), fields[key].type, f"option {name}{{{key}}}")
+            kwargs[key] = _parse_option(raw.strip(), hints[key], f"option {name}{{{key}}}")
         passes.append(cls(**kwargs))
         pos = m.end()
     return passes
+
+
+def _conditions(p: Pass, kind: str, graph: Graph, ctx: PassContext) -> list[str]:
+    """The problems the pass's optional `precondition`/`postcondition(graph, ctx) -> list[str]` reports."""
+    check = getattr(p, kind, None)
+    return list(check(graph, ctx)) if callable(check) else []
+
+
+class _ConditionFailed(PassError):
+    """A pass's declared pre- or postcondition does not hold."""
 
 
 class PassManager:
@@ -182,11 +240,15 @@ class PassManager:
             snapshot = self._snapshot(graph, i)
             t0 = time.perf_counter()
             try:
+                if problems := _conditions(p, "precondition", graph, ctx):
+                    raise _ConditionFailed(f"precondition failed: {'; '.join(problems)}")
                 result = p.run(graph, ctx)
                 if not isinstance(result, PassResult):
                     raise PassError(f"pass {p.name!r} returned {type(result).__name__}, not PassResult")
                 if self.verify_each:
                     verify(graph)
+                if problems := _conditions(p, "postcondition", graph, ctx):
+                    raise _ConditionFailed(f"broke its postcondition: {'; '.join(problems)}")
             except (ConfigError, CalibrationError):
                 raise  # the user's input is wrong, not the pass: the error already says what and where
             except Exception as e:
@@ -207,10 +269,11 @@ class PassManager:
     def _failure(self, index: int, error: Exception, snapshot: Path | None) -> PassError:
         p = self.passes[index]
         before = " -> ".join(q.name for q in self.passes[:index]) or "(nothing)"
-        kind = (
-            "left the IR invalid" if isinstance(error, QuantirError) and "Verify" in type(error).__name__ else "failed"
-        )
-        lines = [f"pass {p.name!r} {kind}: {error}", f"  passes run before it: {before}"]
+        if isinstance(error, _ConditionFailed):
+            head = f"pass {p.name!r} {error}"
+        else:
+            head = f"pass {p.name!r} {'left the IR invalid' if isinstance(error, VerifyError) else 'failed'}: {error}"
+        lines = [head, f"  passes run before it: {before}"]
         if snapshot is not None:
             lines.append(f"  reproducer: quantir ir opt {snapshot} -p {self._remaining(index)}")
         return PassError("\n".join(lines))

@@ -76,13 +76,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_opt(args: argparse.Namespace) -> int:
     from quantir.compiler.model_io import load_graph
     from quantir.compiler.pass_manager import PassManager, PrintMode, parse_pipeline
+    from quantir.compiler.passes import builtin_registry
     from quantir.ir import textio, verify
     from quantir.ir.printer import print_graph
 
     graph = load_graph(args.file)
     verify(graph)
     mode: PrintMode | None = "all" if args.print_ir_after_all else "change" if args.print_ir_after_change else None
-    manager = PassManager(parse_pipeline(args.pipeline), print_ir_after=mode, reproducer_dir=args.reproducer)
+    passes = parse_pipeline(args.pipeline, builtin_registry())
+    manager = PassManager(passes, print_ir_after=mode, reproducer_dir=args.reproducer)
     records = manager.run(graph)
     if args.output:
         textio.save(graph, args.output)

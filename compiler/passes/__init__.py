@@ -1,7 +1,9 @@
-"""One compiler pass per module; importing this package registers them all for string pipelines."""
+"""One compiler pass per module; importing this package registers them all in `PASSES` for string pipelines
+(`parse_pipeline(text, builtin_registry())`)."""
 
 from __future__ import annotations
 
+from quantir.compiler.pass_manager import PASSES, PassRegistry
 from quantir.compiler.passes.annotate import Annotate
 from quantir.compiler.passes.calibrate import Calibrate
 from quantir.compiler.passes.canonicalize import Canonicalize
@@ -13,6 +15,7 @@ from quantir.compiler.passes.smooth_quant import SmoothQuant
 from quantir.compiler.passes.unify_shared_ranges import UnifySharedRanges
 
 __all__ = [
+    "builtin_registry",
     "Annotate",
     "Calibrate",
     "Canonicalize",
@@ -23,3 +26,8 @@ __all__ = [
     "SmoothQuant",
     "UnifySharedRanges",
 ]
+
+
+def builtin_registry() -> PassRegistry:
+    """The registry holding every built-in pass (all are registered by importing this package)."""
+    return PASSES

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from quantir.compiler.pass_manager import PassManager, parse_pipeline
+from quantir.compiler.passes import builtin_registry
 from quantir.ir import parse, print_graph
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -21,7 +22,7 @@ def test_pass_output_matches_golden(case: str) -> None:
     source = GOLDEN / f"{case}.in.qir"
     pipeline = (GOLDEN / f"{case}.pipeline").read_text().strip()
     graph = parse(source.read_text(), filename=str(source))
-    PassManager(parse_pipeline(pipeline)).run(graph)
+    PassManager(parse_pipeline(pipeline, builtin_registry())).run(graph)
     got = print_graph(graph)
     expected_path = GOLDEN / f"{case}.out.qir"
     if os.environ.get("QUANTIR_ACCEPT") == "1":

@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 import pytest
 
-from quantir.compiler.pass_manager import PassContext, PassManager, PassResult, parse_pipeline
-from quantir.compiler.passes import EliminateDeadCode
+from quantir.compiler.pass_manager import PassContext, PassManager, PassRegistry, PassResult, parse_pipeline
+from quantir.compiler.passes import EliminateDeadCode, builtin_registry
+from quantir.compiler.qparams.scales import Convention
 from quantir.ir import DType, Graph, Node, PassError, Tensor, TensorType, Value, textio
 
 
@@ -90,13 +91,74 @@ def test_crash_names_pass_and_writes_reproducer(tmp_path: Path) -> None:
 
 
 def test_parse_pipeline_options_and_errors() -> None:
-    (p,) = parse_pipeline("dce{remove_custom_domains=true}")
+    (p,) = parse_pipeline("dce{remove_custom_domains=true}", builtin_registry())
     assert isinstance(p, EliminateDeadCode) and p.remove_custom_domains
     with pytest.raises(
         PassError, match=r"unknown pass 'fold-everything' in pipeline; known passes: .*canonicalize.*dce"
     ):
-        parse_pipeline("dce,fold-everything")
+        parse_pipeline("dce,fold-everything", builtin_registry())
     with pytest.raises(PassError, match="pass 'dce' has no option 'aggressive'; options: remove_custom_domains"):
-        parse_pipeline("dce{aggressive=1}")
+        parse_pipeline("dce{aggressive=1}", builtin_registry())
     with pytest.raises(PassError, match="expected true or false, found 'maybe'"):
-        parse_pipeline("dce{remove_custom_domains=maybe}")
+        parse_pipeline("dce{remove_custom_domains=maybe}", builtin_registry())
+
+
+LOCAL = PassRegistry()
+
+
+@LOCAL.register
+@dataclass(frozen=True, slots=True)
+class Tune:
+    """A test-only pass with one option of each type a pipeline string can set, and one it cannot."""
+
+    name: ClassVar[str] = "tune"
+    steps: int = 1
+    ratio: float = 0.5
+    mode: Literal["fast", "exact"] = "fast"
+    limit: int | None = None
+    convention: Convention = Convention.ORT
+    data: object = None
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        return PassResult(False)
+
+
+@dataclass(frozen=True, slots=True)
+class NeedsNodes:
+    name: ClassVar[str] = "needs-nodes"
+
+    def precondition(self, graph: Graph, ctx: PassContext) -> list[str]:
+        return [] if graph.nodes else ["the graph has no nodes"]
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        return PassResult(False)
+
+    def postcondition(self, graph: Graph, ctx: PassContext) -> list[str]:
+        return ["a note was promised"] if not ctx.notes else []
+
+
+def test_a_pipeline_reads_the_registry_it_is_given() -> None:
+    local = LOCAL
+    (t,) = parse_pipeline("tune{steps=3,ratio=0.25,mode=exact,limit=none,convention=openvino}", local)
+    assert (t.steps, t.ratio, t.mode, t.limit, t.convention) == (3, 0.25, "exact", None, Convention.OPENVINO)
+    (t,) = parse_pipeline("tune{limit=7}", local)
+    assert t.limit == 7
+    with pytest.raises(PassError, match=r"known passes: tune$"):
+        parse_pipeline("dce", local)  # the built-in passes are not in this registry
+    with pytest.raises(PassError, match=r"option tune\{steps\}: expected int, found 'many'"):
+        parse_pipeline("tune{steps=many}", local)
+    with pytest.raises(PassError, match=r"option tune\{mode\}: expected one of fast, exact, found 'slow'"):
+        parse_pipeline("tune{mode=slow}", local)
+    with pytest.raises(PassError, match=r"option tune\{data\}: an option of type object cannot be set"):
+        parse_pipeline("tune{data=x}", local)
+    assert "tune" not in builtin_registry().names() and "annotate" in builtin_registry().names()
+
+
+def test_pre_and_postconditions_name_the_pass() -> None:
+    empty = Graph("empty")
+    with pytest.raises(PassError, match=r"pass 'needs-nodes' precondition failed: the graph has no nodes"):
+        PassManager([NeedsNodes()]).run(empty)
+    g = _graph()
+    with pytest.raises(PassError, match=r"pass 'needs-nodes' broke its postcondition: a note was promised"):
+        PassManager([NeedsNodes()]).run(g)
+    PassManager([NeedsNodes()]).run(g, PassContext(notes=["kept"]))  # both hold: no error
