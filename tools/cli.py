@@ -138,8 +138,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return run_convert(args)
 
 
-def _cmd_verify_artifacts(args: argparse.Namespace) -> int:
-    """`quantir verify DIR [--calib DATA.npz]`: ORT vs OpenVINO on the same IR, max disagreement in output LSB.
+def _cmd_compare(args: argparse.Namespace) -> int:
+    """`quantir compare DIR [--calib DATA.npz]`: two runtimes (e.g. ORT vs OpenVINO) on the same IR, max disagreement
+    in output LSB.
 
     Inputs: the arrays of `--calib` keyed by input name (axis 0 = samples; the first `--samples`). Without
     `--calib`, uniform random inputs in [0, 1) (integer inputs: ones) of the model's input shapes, dynamic
@@ -149,10 +150,13 @@ def _cmd_verify_artifacts(args: argparse.Namespace) -> int:
     import numpy as np
     import onnx
 
-    from quantir.tools.crossrt import cross_runtime, find_artifacts
+    from quantir.tools.crossrt import artifacts, cross_runtime, reference_model
 
-    qdq, _ = find_artifacts(args.dir)
-    graph = onnx.load(str(qdq / "model.onnx"), load_external_data=False).graph
+    if args.command == "verify":
+        print("quantir: note: `quantir verify` is now `quantir compare` (`quantir ir verify` checks IR files)",
+              file=sys.stderr)  # fmt: skip
+    backend, first = artifacts(args.dir)[0]
+    graph = onnx.load(str(reference_model(backend, first)), load_external_data=False).graph
     init_names = {i.name for i in graph.initializer}
     specs = [i for i in graph.input if i.name not in init_names]
     if args.calib:
@@ -178,7 +182,8 @@ def _cmd_verify_artifacts(args: argparse.Namespace) -> int:
     ok = report.ok(args.max_lsb)
     worst = report.max_lsb
     verdict = "agree" if ok else "DISAGREE"
-    print(f"ORT and OpenVINO {verdict}: worst output {'-' if worst is None else f'{worst:.3f}'} LSB "
+    shown = "-" if worst is None else f"{worst:.3f}"
+    print(f"{report.runtime_a} and {report.runtime_b} {verdict}: worst output {shown} LSB "
           f"(limit {args.max_lsb:g})")  # fmt: skip
     return EXIT_OK if ok else EXIT_DIFFERENT
 
@@ -190,6 +195,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    from quantir.backends.registry import DEFAULT_BACKEND, backend_names
+
     parser = argparse.ArgumentParser(prog="quantir", description="quantir: one quantized IR, many runtimes.")
     parser.add_argument("--version", action="version", version="quantir 0.1.0")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -229,7 +236,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert", help="quantize a model for a target runtime, verify it and report")
     p.add_argument("model", help="an .onnx or .qir file")
-    p.add_argument("--to", default="onnx-qdq", help="target: onnx-qdq, openvino or all (default: onnx-qdq)")
+    targets = ", ".join(n.replace("_", "-") for n in backend_names())
+    default = DEFAULT_BACKEND.replace("_", "-")
+    p.add_argument("--to", default=default, help=f"target: {targets} or all (default: {default})")
     p.add_argument("--calib", required=False,
                    help=".npz of calibration arrays keyed by input name (axis 0 = samples); "
                    "not needed for a model that already contains QuantizeLinear/DequantizeLinear")  # fmt: skip
@@ -242,12 +251,16 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-ir-after-change", action="store_true", help="print the IR after passes that change it")
     p.set_defaults(func=_cmd_convert)
 
-    p = sub.add_parser("verify", help="run a `convert --to all` folder in ORT and OpenVINO; max disagreement in LSB")
-    p.add_argument("dir", help="a `quantir convert --to all` output folder, or one artifact inside it")
-    p.add_argument("--calib", help=".npz of input arrays keyed by input name (default: random inputs, warned)")
-    p.add_argument("--samples", type=int, default=256, help="use the first N samples of --calib (default 256)")
-    p.add_argument("--max-lsb", type=float, default=1.0, help="exit 1 above this many LSB (default 1)")
-    p.set_defaults(func=_cmd_verify_artifacts)
+    for name, text in (
+        ("compare", "compare the artifacts of one quantized IR across runtimes (e.g. ORT vs OpenVINO), in output LSB"),
+        ("verify", "deprecated name of `quantir compare`"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("dir", help="a `quantir convert --to all` output folder, or one artifact inside it")
+        p.add_argument("--calib", help=".npz of input arrays keyed by input name (default: random inputs, warned)")
+        p.add_argument("--samples", type=int, default=256, help="use the first N samples of --calib (default 256)")
+        p.add_argument("--max-lsb", type=float, default=1.0, help="exit 1 above this many LSB (default 1)")
+        p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("layers", help="per-layer error of a quantized model against its float self (SQNR per tensor)")
     p.add_argument("model", help="a quantized (QDQ) .onnx file, or a quantir artifact folder")

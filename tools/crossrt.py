@@ -46,7 +46,7 @@ from quantir.backends.contract import Backend
 from quantir.backends.registry import backend_names, get_backend
 from quantir.ir import SerializationError
 
-__all__ = ["CrossRuntimeReport", "CrossRow", "cross_runtime", "find_artifacts"]
+__all__ = ["CrossRow", "CrossRuntimeReport", "artifacts", "cross_runtime", "find_artifacts", "reference_model"]
 
 
 
@@ -121,7 +121,7 @@ class CrossRuntimeReport:
         return "\n".join(lines)
 
 
-def _artifacts(path: str | os.PathLike[str]) -> list[tuple[Backend, Path]]:
+def artifacts(path: str | os.PathLike[str]) -> list[tuple[Backend, Path]]:
     """(backend, artifact) of two backends in a `convert --to all` folder, or in one artifact's parent folder when
     `path` is an artifact (its sibling is looked up next to it); backends in registry order."""
     from quantir.backends.onnx_proto.artifact import read_manifest
@@ -147,8 +147,8 @@ def _artifacts(path: str | os.PathLike[str]) -> list[tuple[Backend, Path]]:
 
 
 def find_artifacts(path: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """The two artifacts `cross_runtime` compares (see `_artifacts`)."""
-    (_, a), (_, b) = _artifacts(path)
+    """The two artifacts `cross_runtime` compares (see `artifacts`)."""
+    (_, a), (_, b) = artifacts(path)
     return a, b
 
 
@@ -233,7 +233,7 @@ def _ort_run(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]
     return run_all(ort_session(path), inputs)
 
 
-def _reference(backend: Backend, artifact: Path) -> Path:
+def reference_model(backend: Backend, artifact: Path) -> Path:
     ref = backend.reference_model(artifact)
     if ref is None or not ref.is_file():
         raise SerializationError(
@@ -253,9 +253,9 @@ def cross_runtime(path: str | os.PathLike[str], inputs: dict[str, np.ndarray]) -
     """
     from quantir.backends.onnx_proto.artifact import read_manifest
 
-    (backend_a, a_dir), (backend_b, b_dir) = _artifacts(path)
+    (backend_a, a_dir), (backend_b, b_dir) = artifacts(path)
     ma, mb = read_manifest(a_dir) or {}, read_manifest(b_dir) or {}
-    ref_a, ref_b = _reference(backend_a, a_dir), _reference(backend_b, b_dir)
+    ref_a, ref_b = reference_model(backend_a, a_dir), reference_model(backend_b, b_dir)
     identity = _identity(a_dir, b_dir, ma, mb, ref_a, ref_b)
     runner_a, runner_b = backend_a.load(a_dir), backend_b.load(b_dir)
     a_out = dict(zip(runner_a.output_names, runner_a(inputs), strict=True))

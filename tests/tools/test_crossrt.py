@@ -1,5 +1,5 @@
 """Cross-runtime agreement (issue 4, item 4) on the bundled digits CNN: the same quantized IR saved as onnx_qdq and
-openvino, run in ONNX Runtime and OpenVINO on the 256 calibration images (`quantir.tools.crossrt`, `quantir verify`).
+openvino, run in ONNX Runtime and OpenVINO on the 256 calibration images (`quantir.tools.crossrt`, `quantir compare`).
 """
 
 from __future__ import annotations
@@ -105,14 +105,17 @@ def test_missing_artifact_is_a_clear_error(both: Path, tmp_path: Path, digits: D
         cross_runtime(tmp_path, {"x": digits.calib_x[:8]})
 
 
-def test_cli_verify_prints_table_and_exits_1_above_the_limit(
+def test_cli_compare_prints_table_and_exits_1_above_the_limit(
     both: Path, digits: DigitsSplit, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     calib = tmp_path / "calib.npz"
     np.savez(calib, x=digits.calib_x)
-    assert cli_main(["verify", str(both / "openvino"), "--calib", str(calib)]) == 0  # 0.90 LSB, limit 1
+    assert cli_main(["compare", str(both / "openvino"), "--calib", str(calib)]) == 0  # 0.90 LSB, limit 1
     out = capsys.readouterr().out
     assert "| logits |" in out and "calibrated output step" in out and "DISAGREE" not in out
-    assert cli_main(["verify", str(both), "--calib", str(calib), "--max-lsb", "0.5"]) == 1
+    assert "ONNX Runtime and OpenVINO (CPU plugin) agree" in out
+    assert cli_main(["compare", str(both), "--calib", str(calib), "--max-lsb", "0.5"]) == 1
     assert "DISAGREE" in capsys.readouterr().out
-    assert cli_main(["verify", str(tmp_path)]) == 2  # no artifacts: a user error
+    assert cli_main(["compare", str(tmp_path)]) == 2  # no artifacts: a user error
+    assert cli_main(["verify", str(both), "--calib", str(calib)]) == 0  # the old name still works, with a note
+    assert "`quantir verify` is now `quantir compare`" in capsys.readouterr().err
