@@ -19,13 +19,13 @@ from quantir.compiler.config.quant_config import FP8Config, RTNConfig, StaticQua
 from quantir.compiler.model_io import load_graph
 from quantir.compiler.pass_manager import Pass, PassContext, PassManager, PrintMode
 from quantir.compiler.passes import Annotate, Canonicalize, ComputeQParams, EliminateDeadCode, FoldConstants
-from quantir.compiler.passes.calibrate import Calibrator, calibrate_stream, for_specs
+from quantir.compiler.passes.calibrate import Calibrator, calibrate_stream, for_specs, observed_values
 from quantir.compiler.passes.smooth_quant import SmoothQuant, select_smoothing_targets, smoothable_inputs
 from quantir.compiler.qparams.output_steps import float_output_steps
 from quantir.compiler.qparams.scales import Convention
 from quantir.compiler.quantized_model import QuantizedModel
 from quantir.frontends.onnx import import_onnx
-from quantir.ir import ConfigError, Graph, QuantirError, TensorType, Value
+from quantir.ir import CalibrationError, ConfigError, Graph, QuantirError
 from quantir.ir.clone import clone_graph
 
 __all__ = ["PreparedModel", "convert", "prepare", "quantize"]
@@ -74,28 +74,13 @@ def _load(model: Any, example_inputs: Any = None, dynamic_shapes: Any = None) ->
                        "a torch.nn.Module or a torch.export.ExportedProgram")  # fmt: skip
 
 
-def _is_float(v: Value) -> bool:
-    return v.const is None and isinstance(v.type, TensorType) and v.type.dtype.is_float
-
-
-def _candidates(graph: Graph, backend: str) -> list[str]:
-    """Every non-constant float tensor read or written by an op the backend can run in low precision: what any
-    config could quantize, so calibration observes it whatever the config."""
-    units = get_backend(backend).capabilities.units
-    names: dict[str, None] = {}
-    for node in graph.nodes:
-        if node.op_type in units and node.domain in ("", "ai.onnx"):
-            for v in (*node.inputs, *node.outputs):
-                if v is not None and _is_float(v):
-                    names[v.name] = None
-    return list(names)
-
-
 class PreparedModel:
     """A canonical float model with calibration statistics. Calling it runs the float model and calibrates on the
-    inputs. The statistics do not depend on the config: `convert(prepared, quant_config)` can apply any fallback
-    set or scheme without running the model again. Histograms (for act_algo kl, mse, percentile) are collected for
-    every candidate tensor when prepare's config uses a histogram algorithm anywhere, and not otherwise."""
+    inputs. The statistics do not depend on the config: a min/max of every tensor any config could quantize, so
+    `convert(prepared, quant_config)` can apply any fallback set, dtype or scheme without running the model again.
+    Statistics only an algorithm needs cost time and memory, so they are collected when prepare's config uses that
+    algorithm: histograms of every candidate tensor for act_algo kl/mse/percentile (then any histogram algorithm
+    works at convert), and per-channel ranges of MatMul/Gemm inputs for SmoothQuant."""
 
     def __init__(
         self,
@@ -127,11 +112,13 @@ class PreparedModel:
     @property
     def calibrator(self) -> Calibrator:
         if self._calibrator is None:
-            annotated, _ = self.annotate()
-            needed = for_specs(annotated)
-            candidates = _candidates(self.graph, self.backend)
+            needed = for_specs(self.annotate()[0])
+            # Every tensor any config could quantize: configs only narrow what the default config quantizes (fall
+            # back, change dtype, scheme or algorithm), so its activations are the candidates.
+            candidates = [v.name for v in observed_values(self.annotate(StaticQuantConfig())[0])]
             histograms = [*needed["histograms"], *candidates] if needed["histograms"] else []  # the config uses one
-            channels = [*needed["channels"], *((n, -1) for n in smoothable_inputs(self.graph))]
+            smooth = smoothable_inputs(self.graph) if self.config.smooth_quant else []
+            channels = [*needed["channels"], *((n, -1) for n in smooth)]
             self._calibrator = Calibrator(self.graph, [*needed["observe"], *candidates], histograms=histograms,
                                           channels=list(dict.fromkeys(channels)),
                                           required=needed["required"])  # fmt: skip
@@ -201,6 +188,13 @@ def convert(prepared: PreparedModel, quant_config: StaticQuantConfig | None = No
     if cfg.smooth_quant:
         ctx.smooth_targets = select_smoothing_targets(graph)
         ctx.channel_ranges = calibrator.channel_ranges(ctx.smooth_targets)
+        missing = [n for n in ctx.smooth_targets if n not in ctx.channel_ranges]
+        if missing:
+            raise CalibrationError(
+                f"SmoothQuant needs per-channel ranges of {len(missing)} MatMul/Gemm input(s) (first: %{missing[0]}), "
+                "which calibration collects only when prepare's config has smooth_quant=True; prepare with it, then "
+                "convert with any config"
+            )
         passes.insert(0, SmoothQuant(alpha=cfg.smooth_quant_alpha))
     PassManager(passes, print_ir_after=prepared.print_ir_after).run(graph, ctx)
     steps = float_output_steps(graph, calibrator.output_ranges(), convention)

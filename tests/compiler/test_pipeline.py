@@ -98,6 +98,12 @@ def test_an_algorithm_prepare_did_not_collect_is_a_clear_error(digits: DigitsSpl
     prepared = _prepared(StaticQuantConfig(), digits)
     with pytest.raises(CalibrationError, match=r"needs a 'kl' range, but calibration collected no histogram"):
         convert(prepared, StaticQuantConfig(act_algo="kl"))
+    with pytest.raises(CalibrationError, match=r"SmoothQuant needs per-channel ranges of 2 MatMul/Gemm input"):
+        convert(prepared, StaticQuantConfig(smooth_quant=True))
+    smooth = _prepared(StaticQuantConfig(smooth_quant=True), digits)  # collects them; plain configs work too
+    for cfg in (StaticQuantConfig(smooth_quant=True, smooth_quant_alpha=0.8), _fallback_config()):
+        got, fresh = convert(smooth, cfg), convert(_prepared(cfg, digits))
+        assert first_difference(got.ir, fresh.ir) is None, first_difference(got.ir, fresh.ir)
 
 
 def test_public_api_names_and_what_is_not_built(digits: DigitsSplit) -> None:
