@@ -176,7 +176,9 @@ def _export_error(model: Any, exc: Exception) -> FrontendError:
             f"torch said: {_first_line(str(exc))}"
         )
     text = str(exc)
-    if "Constraints violated" in text or "dynamic_shapes" in text or "Dim" in type(exc).__name__:
+    from torch.fx.experimental.symbolic_shapes import ConstraintViolationError
+
+    if isinstance(exc, ConstraintViolationError) or "Constraints violated" in text or "dynamic_shapes" in text:
         return FrontendError(
             f"torch.export rejected the dynamic shapes of {name}: {_first_line(text)}. The model specializes a "
             "dimension marked dynamic; fix dynamic_shapes (e.g. Dim.STATIC for that axis) or the model"
@@ -196,6 +198,15 @@ def _module_of(program: Any, node_name: str) -> str:
     return ""
 
 
+def _dispatch_error() -> tuple[type[BaseException], ...]:
+    """torch.onnx's DispatchError (no ONNX function for an op); a private class, so () if torch moved it."""
+    try:
+        from torch.onnx._internal.exporter._errors import DispatchError
+    except ImportError:
+        return ()
+    return (DispatchError,)
+
+
 def _conversion_error(program: Any, exc: Exception) -> FrontendError:
     """Summarize torch.onnx's multi-page ConversionError in one paragraph: which op, where, and why."""
     chain = _chain(exc)
@@ -205,7 +216,7 @@ def _conversion_error(program: Any, exc: Exception) -> FrontendError:
         m = re.search(r"Error when translating node %(\w+) : .*?target=([\w.]+)", text)
         if m and node is None:
             node, op = m.group(1), m.group(2)
-        if type(c).__name__ == "DispatchError" or text.startswith("No ONNX function found"):
+        if isinstance(c, _dispatch_error()) or text.startswith("No ONNX function found"):
             reason = _first_line(text, 400)
     if node and op:
         where = _module_of(program, node)
