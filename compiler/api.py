@@ -130,11 +130,14 @@ class PreparedModel:
         outputs = [self._to_caller(o, item) for o in self.calibrator.observe(feed)]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
-    def calibrate(self, data: Any, *, sampling_size: int | None = None, progress: bool = True) -> PreparedModel:
+    def calibrate(
+        self, data: Any, *, sampling_size: int | None = None, progress: bool = True, batch_size: int | None = None
+    ) -> PreparedModel:
         """Feed calibration data (any form `quantize` accepts) until `sampling_size` samples; a progress line shows
-        on stderr when it is a terminal (`progress=False`: never)."""
+        on stderr when it is a terminal (`progress=False`: never). An .npz is cut into batches of `batch_size`
+        (default: the batch the model fixes, else 32)."""
         size = sampling_size if sampling_size is not None else self.config.calibration_sampling_size
-        calibrate_stream(self.calibrator, data, self.graph, size, progress=progress)
+        calibrate_stream(self.calibrator, data, self.graph, size, progress=progress, batch_size=batch_size)
         return self
 
     @staticmethod

@@ -124,7 +124,8 @@ def _cmd_layers(args: argparse.Namespace) -> int:
         raise QuantirError(f"{args.model}: expected a quantized .onnx file or a quantir artifact folder")
     graph = import_onnx(path)
     float_graph = import_onnx(args.float_model, qdq=False) if args.float_model else None
-    report = layer_errors(graph, feeds(args.calib, graph, sampling_size=args.samples), float_graph=float_graph)
+    batches = feeds(args.calib, graph, sampling_size=args.samples, batch_size=args.batch_size)
+    report = layer_errors(graph, batches, float_graph=float_graph)
     print(report.format(args.top))
     if args.json:
         with atomic_binary_file(Path(args.json)) as f:  # a reader never sees a half-written file
@@ -194,6 +195,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(workdir=args.workdir)
 
 
+_BATCH_HELP = "samples per batch cut from --calib (default: the batch the model's inputs fix, else 32)"
+
+
 def _build_parser() -> argparse.ArgumentParser:
     from quantir.backends.registry import DEFAULT_BACKEND, backend_names
 
@@ -247,6 +251,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="a StaticQuantConfig as YAML or JSON")
     p.add_argument("--sampling-size", type=int, help="calibration samples to use (default: the config's, 100)")
     p.add_argument("-o", "--output", required=True, help="the artifact folder to write")
+    p.add_argument("--batch-size", type=int, help=_BATCH_HELP)
     p.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass (stderr)")
     p.add_argument("--print-ir-after-change", action="store_true", help="print the IR after passes that change it")
     p.set_defaults(func=_cmd_convert)
@@ -270,6 +275,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--float", dest="float_model",
                    help="the float .onnx model, tensors matched by name, for the end-to-end error (default: the "
                    "model with its Q/DQ removed, whose weights are already quantized)")  # fmt: skip
+    p.add_argument("--batch-size", type=int, help=_BATCH_HELP)
     p.add_argument("--json", help="also write every row to this JSON file")
     p.set_defaults(func=_cmd_layers)
 

@@ -56,8 +56,8 @@ def agreement(float_outputs: list[np.ndarray], quant_outputs: list[np.ndarray], 
     return lines
 
 
-def _batches(data: Any, model: QuantizedModel, size: int) -> Iterator[dict[str, np.ndarray]]:
-    yield from feeds(data, model.ir, sampling_size=size)
+def _batches(data: Any, model: QuantizedModel, size: int, batch: int | None) -> Iterator[dict[str, np.ndarray]]:
+    yield from feeds(data, model.ir, sampling_size=size, batch_size=batch)
 
 
 def _float_session(source: Path) -> Any:
@@ -135,15 +135,15 @@ def run_retarget(args: argparse.Namespace, targets: list[str]) -> int:
         for note in m.ctx.notes:
             print(f"  note: {note}")
         size = args.sampling_size or 100
-        feed = next(_batches(args.calib, m, size)) if args.calib else _probe_feed(m)
+        feed = next(_batches(args.calib, m, size, args.batch_size)) if args.calib else _probe_feed(m)
         report = get_backend(t).verify(path, feed)
         print(f"{t}: {path}")
         print(f"  int8 kernel coverage: {report.coverage_text()}")
         if args.calib:
             sess = _float_session(Path(args.model))
             names = [o.name for o in sess.get_outputs()]
-            src_out = [sess.run(None, b) for b in _batches(args.calib, m, size)]
-            got = [report.run(b) for b in _batches(args.calib, m, size)]
+            src_out = [sess.run(None, b) for b in _batches(args.calib, m, size, args.batch_size)]
+            got = [report.run(b) for b in _batches(args.calib, m, size, args.batch_size)]
             print("  agreement with the source QDQ model (ONNX Runtime) on the calibration data:")
             merged = [np.concatenate([o[i] for o in src_out]) for i in range(len(names))]
             mine = [np.concatenate([o[i] for o in got]) for i in range(len(names))]
@@ -176,7 +176,7 @@ def run_convert(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     mode = "all" if args.print_ir_after_all else "change" if args.print_ir_after_change else None
     prepared = prepare(args.model, cfg, backend=targets[0], print_ir_after=mode)
-    prepared.calibrate(args.calib, sampling_size=size)
+    prepared.calibrate(args.calib, sampling_size=size, batch_size=args.batch_size)
     model = convert(prepared)
     out = Path(args.output)
     if len(targets) > 1:
@@ -187,7 +187,7 @@ def run_convert(args: argparse.Namespace) -> int:
     print(f"converted {args.model} in {seconds:.2f} s ({stats.get('samples', 0)} calibration samples)")
     print(summarize(model))
     for t, path in zip(targets, written, strict=True):
-        feed = next(_batches(args.calib, model, size))
+        feed = next(_batches(args.calib, model, size, args.batch_size))
         report = get_backend(t).verify(path, feed)
         print(f"{t}: {path}")
         print(f"  int8 kernel coverage: {report.coverage_text()}")
@@ -195,7 +195,7 @@ def run_convert(args: argparse.Namespace) -> int:
         names = [o.name for o in sess.get_outputs()]
         fl: list[list[np.ndarray]] = [[] for _ in names]
         qu: list[list[np.ndarray]] = [[] for _ in names]
-        for batch in _batches(args.calib, model, size):
+        for batch in _batches(args.calib, model, size, args.batch_size):
             for i, (f, q) in enumerate(zip(sess.run(None, batch), report.run(batch), strict=True)):
                 fl[i].append(f)
                 qu[i].append(q)

@@ -18,7 +18,7 @@ import numpy as np
 
 from quantir.ir import CalibrationError, Graph, TensorType
 
-__all__ = ["InputSpec", "feeds", "input_specs", "validate_batch"]
+__all__ = ["DEFAULT_NPZ_BATCH", "InputSpec", "feeds", "fixed_batch", "input_specs", "npz_batch_size", "validate_batch"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +115,38 @@ def _shape_text(shape: tuple[int | str | None, ...]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
-def _npz_batches(path: Path, specs: list[InputSpec], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+DEFAULT_NPZ_BATCH = 32
+"""Samples per batch cut from an .npz, for a model whose batch dimension is not fixed."""
+
+
+def fixed_batch(specs: list[InputSpec]) -> int | None:
+    """The batch size every input fixes on its first axis (None: some input leaves it free); inputs that fix
+    different sizes are a `CalibrationError`."""
+    sizes = {s.name: s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], int)}
+    if not sizes or len(sizes) < len(specs):
+        return None
+    if len(set(sizes.values())) > 1:
+        raise CalibrationError(f"the model's inputs fix different batch sizes on their first axis: {sizes}")
+    return next(iter(sizes.values()))
+
+
+def npz_batch_size(specs: list[InputSpec], requested: int | None) -> int:
+    """How many samples each batch cut from an .npz holds: `requested`, else the model's fixed batch, else 32."""
+    fixed = fixed_batch(specs)
+    if requested is not None:
+        if requested < 1:
+            raise CalibrationError(f"the calibration batch size must be at least 1, got {requested}")
+        if fixed is not None and requested != fixed:
+            raise CalibrationError(f"batch size {requested} was asked, but the model's inputs fix a batch of "
+                                   f"{fixed} on their first axis; use {fixed}")  # fmt: skip
+        return requested
+    return fixed if fixed is not None else DEFAULT_NPZ_BATCH
+
+
+def _npz_batches(
+    path: Path, specs: list[InputSpec], batch_size: int, *, whole: bool
+) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of `batch_size` samples; `whole`: only full batches (a fixed-batch model takes no other size)."""
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
@@ -133,18 +164,24 @@ def _npz_batches(path: Path, specs: list[InputSpec], batch_size: int) -> Iterato
     if len(set(counts.values())) > 1:
         raise CalibrationError(f"{path}: inputs have different sample counts (first axis): {counts}")
     total = next(iter(counts.values()))
-    for start in range(0, total, batch_size):
+    if whole and total < batch_size:
+        raise CalibrationError(f"{path} holds {total} samples, but the model's inputs fix a batch of {batch_size}")
+    end = total - total % batch_size if whole else total
+    for start in range(0, end, batch_size):
         yield {n: a[start : start + batch_size] for n, a in arrays.items()}
 
 
 def feeds(
-    data: Any, graph: Graph, *, sampling_size: int = 100, npz_batch_size: int = 32
+    data: Any, graph: Graph, *, sampling_size: int = 100, batch_size: int | None = None
 ) -> Iterator[dict[str, np.ndarray]]:
     """Validated feed dicts from `data`, stopping once `sampling_size` samples (first-axis rows) were yielded.
 
+    An .npz is cut into batches of `batch_size` samples (default: the batch the model's inputs fix, else 32). A
+    model with a fixed batch only ever gets whole batches: the last one is never cut short.
     Raises CalibrationError on empty data, NaN/Inf, wrong input names, shapes or dtypes.
     """
     specs = input_specs(graph)
+    fixed = fixed_batch(specs)
     if sampling_size < 1:
         raise CalibrationError(f"sampling_size must be at least 1, got {sampling_size}")
     source: Iterable[Any]
@@ -154,7 +191,7 @@ def feeds(
             raise CalibrationError(
                 f"calibration data file {path} must be an .npz archive of arrays keyed by input name"
             )
-        source = _npz_batches(path, specs, npz_batch_size)
+        source = _npz_batches(path, specs, npz_batch_size(specs, batch_size), whole=fixed is not None)
     elif isinstance(data, (Mapping, np.ndarray)):
         source = [data]
     elif data is None:
@@ -171,7 +208,7 @@ def feeds(
         rows = next(iter(feed.values())).shape[0] if feed and next(iter(feed.values())).ndim else 1
         if rows == 0:
             raise CalibrationError(f"calibration batch {index} has 0 samples (its first axis is empty)")
-        if seen + rows > sampling_size and rows > 1:
+        if seen + rows > sampling_size and rows > 1 and fixed is None:
             take = sampling_size - seen
             feed = {k: v[:take] for k, v in feed.items()}
             rows = take

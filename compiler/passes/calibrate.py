@@ -171,12 +171,12 @@ def for_specs(graph: Graph) -> dict[str, Any]:
 
 
 def calibrate_stream(calibrator: Calibrator, data: Any, graph: Graph, sampling_size: int,
-                     *, progress: bool = True) -> None:  # fmt: skip
-    """Feed `data` (any form `feeds` accepts) to `calibrator` until `sampling_size` samples, with a progress line
-    when stderr is a terminal (`progress=False`: never)."""
+                     *, progress: bool = True, batch_size: int | None = None) -> None:  # fmt: skip
+    """Feed `data` (any form `feeds` accepts; an .npz in batches of `batch_size`, see `feeds`) to `calibrator` until
+    `sampling_size` samples, with a progress line when stderr is a terminal (`progress=False`: never)."""
     bar = Progress(sampling_size, enabled=None if progress else False)
     try:
-        for feed in feeds(data, graph, sampling_size=sampling_size):
+        for feed in feeds(data, graph, sampling_size=sampling_size, batch_size=batch_size):
             before = calibrator.samples
             calibrator.observe(feed)
             bar.update(calibrator.samples - before)
