@@ -325,7 +325,7 @@ def compare_output(name: str, got: np.ndarray, ref: np.ndarray, info: Mapping[st
     vs_float = None if floats is None else float(np.max(np.abs(got.astype(np.float64) - floats), initial=0.0))
     if info.get("quantized"):
         lsb = diff / min(float(s) for s in info["scale"])
-        return OutputRow(name, diff, lsb, None, lsb <= max_lsb, vs_float)
+        return OutputRow(name, diff, lsb, None, lsb <= max_lsb * (1 + 1e-5), vs_float)  # a step, rounded in float32
     rel = diff / max(float(np.max(np.abs(ref), initial=0.0)), float(np.finfo(np.float32).tiny))
     return OutputRow(name, diff, None, rel, rel <= max_rel, vs_float)
 

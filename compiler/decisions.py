@@ -11,7 +11,7 @@ from quantir.backends.contract import OpDecision
 from quantir.compiler.pass_manager import PassContext
 from quantir.ir import Graph, Node
 
-__all__ = ["OpDecision", "decisions_of", "node_label", "record"]
+__all__ = ["OpDecision", "aligned_rows", "decisions_of", "node_label", "record"]
 
 
 def node_label(node: Node) -> str:
@@ -32,3 +32,13 @@ def decisions_of(ctx: PassContext, graph: Graph) -> list[OpDecision]:
     """Decisions in graph order (nodes without a decision are omitted)."""
     table = ctx.decisions
     return [d for n in graph.nodes if (d := table.get(node_label(n))) is not None]
+
+
+def aligned_rows(nodes: list[Node], rows: list[OpDecision]) -> list[OpDecision | None]:
+    """A legalize report's rows for `nodes` of the graph it was given (a copy of it): by position when
+    legalization kept the node list, else by name (legalization may rewrite nodes, e.g. an opset upgrade); None for a
+    node with no row of its name."""
+    if len(rows) == len(nodes):
+        return list(rows)
+    by_name = {r.name: r for r in rows}
+    return [by_name.get(node_label(n)) for n in nodes]

@@ -20,7 +20,7 @@ from quantir.backends.contract import HEAVY_OPS, Backend, CapabilityTable, Legal
 from quantir.backends.registry import get_backend
 from quantir.compiler.calibration.data import validate_batch
 from quantir.compiler.config.quant_config import StaticQuantConfig
-from quantir.compiler.decisions import decisions_of
+from quantir.compiler.decisions import aligned_rows, decisions_of, node_label
 from quantir.compiler.pass_manager import PassContext, PassManager
 from quantir.compiler.passes.legalize import Legalize
 from quantir.ir import Graph
@@ -38,12 +38,14 @@ class Legalized:
     decisions: list[OpDecision]
 
 
-def _merge(annotated: list[OpDecision], legal: list[OpDecision], caps: CapabilityTable) -> list[OpDecision]:
+def _merge(annotated: list[OpDecision], legal: list[OpDecision | None], caps: CapabilityTable) -> list[OpDecision]:
     """The annotate decision, overridden where legalization kept an op float, and (for ops the backend absorbs into
     the kernel before them, such as Relu/Clip) with the legalizer's more precise reason."""
     merged = []
     for a, row in zip(annotated, legal, strict=True):
-        if a.quantized and not row.quantized:
+        if row is None:
+            merged.append(a)
+        elif a.quantized and not row.quantized:
             merged.append(OpDecision(a.name, a.op_type, a.module, False, row.reason))
         elif (a.quantized and row.reason and row.reason not in a.reason
               and caps.kind(a.op_type) is UnitKind.ABSORBED):  # fmt: skip
@@ -73,7 +75,11 @@ class QuantizedModel:
             PassManager([Legalize(backend=target.name)]).run(graph, ctx)
             assert ctx.legalize_report is not None
             report = ctx.legalize_report
-            decisions = _merge(decisions_of(self.ctx, self.ir), report.nodes, target.capabilities)
+            nodes = [n for n in self.ir.nodes if node_label(n) in self.ctx.decisions]
+            rows = aligned_rows(list(self.ir.nodes), report.nodes)
+            legal = [r for n, r in zip(self.ir.nodes, rows, strict=True) if node_label(n) in self.ctx.decisions]
+            assert len(legal) == len(nodes)
+            decisions = _merge(decisions_of(self.ctx, self.ir), legal, target.capabilities)
             self._legal[target.name] = Legalized(target, graph, report, decisions)
         return self._legal[target.name]
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from quantir.backends.registry import DEFAULT_BACKEND, get_backend
 from quantir.compiler.config.quant_config import StaticQuantConfig
-from quantir.compiler.decisions import record
+from quantir.compiler.decisions import aligned_rows, record
 from quantir.compiler.pass_manager import PassContext, PassManager
 from quantir.compiler.passes.unify_shared_ranges import UnifySharedRanges
 from quantir.compiler.qparams.scales import Convention, bias_qparams, compute_qparams
@@ -138,8 +138,8 @@ def target_differences(graph: Graph, backend: str) -> list[str]:
             lines.append(f"{node.describe()}: {why}")
     clone = clone_graph(graph)[0]
     report = target.legalize(clone)  # drops the types of what it keeps float: ask the source graph what was quantized
-    for node, row in zip(graph.nodes, report.nodes, strict=True):
-        if _node_quantized(node) and not row.quantized and node.op_type in COMPUTE_OPS:
+    for node, row in zip(graph.nodes, aligned_rows(list(graph.nodes), report.nodes), strict=True):
+        if row is not None and _node_quantized(node) and not row.quantized and node.op_type in COMPUTE_OPS:
             lines.append(f"{node.describe()}: quantized in the source, float on {target.runtime}: {row.reason}")
     for d in report.removed:
         lines.append(f"%{d.value}: quantized in the source, float on {target.runtime}: {d.reason}")

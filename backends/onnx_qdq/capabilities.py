@@ -14,6 +14,7 @@ import numpy as np
 
 from quantir.backends.contract import CapabilityTable, OpCapability
 from quantir.backends.legality import EIGHT_BIT, describe_params, quant_type_of
+from quantir.backends.onnx_proto.opset_upgrade import OPSET_SIGNATURE_CHANGES
 from quantir.ir import DType, GranularityKind, Node, QuantType, traits_of
 from quantir.ir.quant_math import quantize
 from quantir.ir.traits import UnitKind
@@ -120,16 +121,7 @@ FUSED_KERNELS: frozenset[str] = frozenset(
 )
 """Every integer kernel `verify` counts in ORT's optimized model."""
 
-OPSET_SIGNATURE_CHANGES: dict[str, tuple[int, ...]] = {
-    "Add": (7,), "Sub": (7,), "Mul": (7,), "Div": (7,), "Gemm": (7,), "PRelu": (7,), "BatchNormalization": (7, 9),
-    "Concat": (4,), "Reshape": (5,), "Tile": (6,), "Cast": (6,), "Upsample": (7, 9, 10), "Scan": (9,),
-    "Slice": (10,), "TopK": (10,), "Clip": (11,), "Pad": (11,), "Resize": (11,), "Dropout": (12,),
-    "Squeeze": (13,), "Unsqueeze": (13,), "Split": (13,), "ReduceSum": (13,), "Softmax": (13,),
-    "LogSoftmax": (13,), "Hardmax": (13,), "GRU": (7,), "LSTM": (7,), "RNN": (7,),
-}  # fmt: skip
-"""Opset versions (up to 13) at which an op's inputs, attributes or meaning changed, so that a node written for an
-older opset may be invalid at the newer one (ONNX Changelog). Changes that only add types or optional attributes
-are not listed."""
+
 
 
 # ---- type constraints of a unit (each returns the reason fusion fails, or None) ---------------------------------

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 from quantir.backends.contract import LegalizeReport, OpDecision, ValueChange
 from quantir.backends.legality import activation_problem, describe_params, quant_type_of, same_params, weight_problem
+from quantir.backends.onnx_proto.opset_upgrade import upgrade_opset, upgrade_problem
 from quantir.backends.onnx_proto.qdq import node_names, require_calibrated
 from quantir.backends.onnx_qdq.capabilities import (
     ATTRIBUTE_RULES,
     MIN_OPSET_PER_AXIS,
     MIN_OPSET_QDQ,
-    OPSET_SIGNATURE_CHANGES,
     RUNTIME,
     Capability,
     UnitKind,
@@ -24,8 +24,7 @@ from quantir.backends.onnx_qdq.capabilities import (
     capability_of,
     fold_problem,
 )
-from quantir.ir import GranularityKind, Graph, Node, PassError, QuantType, TensorType, Value, traits_of
-from quantir.ir.printer import format_context
+from quantir.ir import GranularityKind, Graph, Node, QuantType, TensorType, Value, traits_of
 from quantir.ir.traits import weight_inputs
 
 __all__ = ["LegalizeReport", "UnitStatus", "classify", "legalize_for_onnx_qdq", "quantized_compute_units"]
@@ -217,19 +216,10 @@ def _anchor_drop_units(graph: Graph, status: dict[Node, UnitStatus], candidates:
             "without an integer kernel", st.kind)  # fmt: skip
 
 
-def _opset_blocker(graph: Graph, old: int, new: int) -> tuple[Node, int] | None:
-    """The first node (and the opset) whose op changed its inputs or meaning between `old` and `new`."""
-    for node in graph.nodes:
-        if node.domain in ("", "ai.onnx"):
-            for version in OPSET_SIGNATURE_CHANGES.get(node.op_type, ()):
-                if old < version <= new:
-                    return node, version
-    return None
-
-
 def _target_opset(graph: Graph, opset_min: int) -> int:
-    """The opset of the quantized model: `opset_min` where the graph's ops allow it, at least what Q/DQ need
-    (10, or 13 for per-channel axes); refuses when even that would change the meaning of an op."""
+    """The opset of the quantized model: `opset_min` where every node can be carried there (`upgrade_problem`), at
+    least what Q/DQ need (10, or 13 for per-channel axes); refuses, naming the node, when even that cannot be
+    reached. Pure: the upgrade itself is `upgrade_opset`."""
     quant = [v.quant for v in graph.values() if isinstance(v.quant, QuantType)]
     old = graph.opset
     per_axis = any(q.granularity.kind is GranularityKind.PER_CHANNEL for q in quant)
@@ -237,21 +227,11 @@ def _target_opset(graph: Graph, opset_min: int) -> int:
     wanted = max(opset_min, required)
     if not quant or old >= wanted:
         return old
-    if _opset_blocker(graph, old, wanted) is None:
+    if upgrade_problem(graph, wanted) is None:
         return wanted
-    if old >= required:
-        return old
-    blocker = _opset_blocker(graph, old, required)
-    if blocker is None:
-        return required
-    node, version = blocker
-    what = "QuantizeLinear/DequantizeLinear with a per-channel axis" if per_axis else "QuantizeLinear/DequantizeLinear"
-    raise PassError(
-        f"{node.describe()}: the quantized model needs opset {required} ({what}), but the graph is opset {old} "
-        f"and {node.op_type} changed its inputs or meaning at opset {version}.\n{format_context(graph, node)}\n"
-        f"  hint: convert the float model first (onnx.version_converter.convert_version(model, {required})) and "
-        "import it again"
-    )
+    if old >= required or upgrade_problem(graph, required) is None:
+        return max(old, required)
+    return required  # upgrade_opset names the node that cannot be carried
 
 
 def _removal_reason(v: Value, status: dict[Node, UnitStatus]) -> str | None:
@@ -279,7 +259,10 @@ def legalize_for_onnx_qdq(graph: Graph, *, opset_min: int = 13) -> LegalizeRepor
     require_calibrated(graph)
     before = graph.opset
     target = _target_opset(graph, opset_min)
-    report = LegalizeReport(opset_before=before, opset_after=before)
+    what = "QuantizeLinear/DequantizeLinear with a per-channel axis" if target >= MIN_OPSET_PER_AXIS else "Q/DQ"
+    rewritten = upgrade_opset(graph, target, why=f"the quantized model needs opset {target} ({what})")
+    report = LegalizeReport(opset_before=before, opset_after=graph.opset)
+    report.changed += [ValueChange(line.split(":")[0], line) for line in rewritten]
     first_reason: dict[Node, str] = {}
     while True:
         status = classify(graph, target)
@@ -294,10 +277,6 @@ def legalize_for_onnx_qdq(graph: Graph, *, opset_min: int = 13) -> LegalizeRepor
                 changed = True
         if not changed:
             break
-    if target > before and any(isinstance(v.quant, QuantType) for v in graph.values()):
-        key = "ai.onnx" if "ai.onnx" in graph.opset_imports and "" not in graph.opset_imports else ""
-        graph.opset_imports[key] = target
-        report.opset_after = target
     for node, name in zip(graph.nodes, node_names(graph)):
         st = status[node]
         module = node.source.module if node.source is not None else ""

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from quantir.backends.contract import LegalizeReport, OpDecision, ValueChange
 from quantir.backends.legality import activation_problem, quant_type_of, weight_problem
+from quantir.backends.onnx_proto.opset_upgrade import upgrade_opset
 from quantir.backends.onnx_proto.qdq import MIN_OPSET_PER_AXIS, node_names, require_calibrated
 from quantir.backends.openvino.capabilities import ACT_ACT_MATMUL, ACTIVATION_DTYPES, RUNTIME, TABLE, WEIGHT_DTYPES
-from quantir.ir import GranularityKind, Graph, Node, PassError
+from quantir.ir import GranularityKind, Graph, Node
 from quantir.ir.traits import UnitKind, weight_inputs
 
 __all__ = ["LegalizeReport", "legalize_for_openvino", "quantized_compute_units"]
@@ -90,9 +91,13 @@ def legalize_for_openvino(graph: Graph) -> LegalizeReport:
     _remove_unread(graph, status, report)
     per_axis = any(q.granularity.kind is not GranularityKind.PER_TENSOR
                    for v in graph.values() if (q := _qtype(v)) is not None)  # fmt: skip
+    before = graph.opset
+    rewritten: list[str] = []
     if per_axis and graph.opset < MIN_OPSET_PER_AXIS:
-        raise PassError(f"per-channel quantization needs opset {MIN_OPSET_PER_AXIS} in the QDQ model OpenVINO reads; "
-                        f"the graph is opset {graph.opset}: convert the float model to opset 13 first")  # fmt: skip
+        why = f"per-channel quantization needs opset {MIN_OPSET_PER_AXIS} in the QDQ model OpenVINO reads"
+        rewritten = upgrade_opset(graph, MIN_OPSET_PER_AXIS, why=why)
+    report.opset_before, report.opset_after = before, graph.opset
+    report.changed += [ValueChange(line.split(":")[0], line) for line in rewritten]
     for node, name in zip(graph.nodes, node_names(graph)):
         module = node.source.module if node.source is not None else ""
         if node in status:

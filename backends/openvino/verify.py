@@ -27,6 +27,10 @@ from quantir.ir import SerializationError
 __all__ = ["OvRunner", "VerifyReport", "compile_cpu", "load", "runtime_nodes", "verify_openvino"]
 
 
+FUSED_SUBGRAPH = "Subgraph"
+"""The CPU plugin's snippets kernel: it may fuse a MatMul with its neighbours (seen on avx512/AMX Xeons: two
+FullyConnected and a Softmax in one u8 `jit_avx512_I8` Subgraph); it runs the IR node when it lists it."""
+
 _NOT_KERNELS = frozenset({"Const", "Input", "Output"})
 """Runtime nodes that hold or pass data, not kernels."""
 
@@ -85,7 +89,8 @@ def runtime_nodes(compiled: ov.CompiledModel) -> list[dict[str, Any]]:
 def _owner(rows: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
     """The heavy runtime node that lists IR node `name` (or one of its `name/...` parts) among its originals."""
     for row in rows:
-        if row["layer"] in COVERAGE_LAYERS and any(o == name or o.split("/")[0] == name for o in row["original"]):
+        heavy = row["layer"] in COVERAGE_LAYERS or row["layer"] == FUSED_SUBGRAPH
+        if heavy and any(o == name or o.split("/")[0] == name for o in row["original"]):
             return row
     return None
 

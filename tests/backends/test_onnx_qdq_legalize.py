@@ -296,24 +296,31 @@ def test_per_channel_weights_raise_the_opset_when_the_model_allows() -> None:
     assert (report.opset_before, report.opset_after, g.opset) == (11, 13, 13)
 
 
-def test_opset_raise_refused_when_an_op_changed_meaning() -> None:
-    n = Net("old", opset=11)
-    m = n.op("MatMul", [n.input("a", (4, 16)), n.weight("w", 16, 8)], "m", name="mm")
-    n.g.outputs.append(n.op("Squeeze", [m], "y", name="sq"))
-    g = n.quantize()
-    with pytest.raises(PassError, match=r"Squeeze node 'sq': .* opset 11 and Squeeze changed its inputs or meaning "
-                       r"at opset 13") as e:  # fmt: skip
-        legalize_for_onnx_qdq(g)
-    assert "convert_version(model, 13)" in str(e.value) and g.opset == 11 and g.constants["w"].quant is not None
-
-
-def test_per_tensor_quantization_keeps_an_opset_the_model_cannot_leave() -> None:
+def test_opset_raise_rewrites_ops_whose_inputs_changed() -> None:
+    """Squeeze-13 takes `axes` as an input: the opset-11 attribute becomes a constant input, and the opset rises."""
     n = Net("old", opset=11)
     s = n.op("Add", [n.input("a", (1, 8)), n.input("b", (1, 8))], "s", name="add")
     n.g.outputs.append(n.op("Squeeze", [s], "y", name="sq", axes=[0]))
     g = n.quantize()
-    report = legalize_for_onnx_qdq(g)  # opset_min=13 is out of reach (Squeeze-13 takes axes as an input); 10 suffices
-    assert (report.opset_after, g.opset) == (11, 11) and report["add"].quantized and report["sq"].quantized
+    report = legalize_for_onnx_qdq(g)
+    assert (report.opset_before, report.opset_after, g.opset) == (11, 13, 13)
+    sq = next(node for node in g.nodes if node.op_type == "Squeeze")
+    axes = sq.inputs[1]
+    assert "axes" not in sq.attrs and axes is not None and axes.const is not None
+    assert axes.const.numpy().tolist() == [0]
+    assert report["add"].quantized and report["sq"].quantized
+    assert [c.value for c in report.changed] == ["Squeeze node 'sq'"]
+
+
+def test_opset_raise_refused_when_no_rewrite_keeps_the_meaning() -> None:
+    n = Net("old", opset=8)
+    m = n.op("MatMul", [n.input("a", (1, 4, 4, 4)), n.weight("w", 4, 4)], "m", name="mm")
+    n.g.outputs.append(n.op("Upsample", [m], "y", name="up", scales=[1.0, 1.0, 2.0, 2.0]))
+    g = n.quantize()
+    with pytest.raises(PassError, match=r"Upsample node 'up': .* the graph is opset 8 and Upsample changed its "
+                       r"inputs or meaning at opset 9, which quantir cannot rewrite") as e:  # fmt: skip
+        legalize_for_onnx_qdq(g)
+    assert "convert_version(model, 13)" in str(e.value) and g.opset == 8 and g.constants["w"].quant is not None
 
 
 def test_clip_folds_only_when_the_quantized_range_is_inside_it() -> None:
