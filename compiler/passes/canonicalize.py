@@ -13,7 +13,7 @@ from typing import ClassVar
 import numpy as np
 
 from quantir.compiler.pass_manager import PassContext, PassResult, register_pass
-from quantir.ir import DType, Graph, Node, Tensor, Value
+from quantir.ir import DType, Graph, Node, Tensor, TensorType, Value
 
 __all__ = ["Canonicalize"]
 
@@ -24,6 +24,13 @@ def _const(v: Value | None) -> np.ndarray | None:
     return None if v is None or v.const is None else np.asarray(v.const.numpy())
 
 
+def _knows_more(a: object, b: object) -> bool:
+    """`a` is a tensor type with a rank where `b` is untyped or a tensor type of the same dtype without one."""
+    if not isinstance(a, TensorType) or a.shape is None:
+        return False
+    return b is None or (isinstance(b, TensorType) and a.dtype == b.dtype and b.shape is None)
+
+
 def _forward(graph: Graph, node: Node, source: Value) -> str | None:
     """Make every reader of the node's first output read `source` instead, then erase the node."""
     out = node.outputs[0]
@@ -32,10 +39,14 @@ def _forward(graph: Graph, node: Node, source: Value) -> str | None:
     if graph.is_output(out):
         if graph.is_output(source) or source in graph.inputs or source.const is not None:
             return "its output is a graph output fed directly by an input or constant"
-        # Keep the graph output's name: rename the forwarded value instead of the output.
+        # Keep the graph output's name: rename the forwarded value instead of the output. Keep its declared type
+        # too where it says more (ONNX requires a shape on graph outputs; the source's rank may be unknown, e.g.
+        # after a Reshape to a computed shape).
         out.replace_all_uses_with(source, graph_outputs=graph)
         graph.erase(node)
         source.name, out.name = out.name, source.name
+        if _knows_more(out.type, source.type):
+            source.type = out.type
         return None
     out.replace_all_uses_with(source)
     graph.erase(node)
