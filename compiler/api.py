@@ -96,6 +96,8 @@ class PreparedModel:
         self.print_ir_after = print_ir_after
         """prepare's `print_ir_after`, which `convert` applies to its own passes too."""
         self._calibrator: Calibrator | None = None
+        self._annotated: Graph | None = None
+        """prepare's config annotated once (checks the config; calibration reads which values it quantizes)."""
 
     def annotate(
         self, quant_config: StaticQuantConfig | None = None, *, print_ir: bool = False
@@ -112,10 +114,14 @@ class PreparedModel:
     @property
     def calibrator(self) -> Calibrator:
         if self._calibrator is None:
-            needed = for_specs(self.annotate()[0])
+            if self._annotated is None:
+                self._annotated = self.annotate()[0]
+            needed = for_specs(self._annotated)
             # Every tensor any config could quantize: configs only narrow what the default config quantizes (fall
             # back, change dtype, scheme or algorithm), so its activations are the candidates.
-            candidates = [v.name for v in observed_values(self.annotate(StaticQuantConfig())[0])]
+            default = StaticQuantConfig()
+            widest = self._annotated if self.config == default else self.annotate(default)[0]
+            candidates = [v.name for v in observed_values(widest)]
             histograms = [*needed["histograms"], *candidates] if needed["histograms"] else []  # the config uses one
             smooth = smoothable_inputs(self.graph) if self.config.smooth_quant else []
             channels = [*needed["channels"], *((n, -1) for n in smooth)]
@@ -170,7 +176,7 @@ def prepare(
     passes: list[Pass] = [Canonicalize(), FoldConstants(), EliminateDeadCode()]
     PassManager(passes, print_ir_after=mode).run(graph, PassContext())
     prepared = PreparedModel(graph, cfg, backend, print_ir_after=mode)
-    prepared.annotate()  # the config is checked against the graph here, before any calibration
+    prepared._annotated = prepared.annotate()[0]  # the config is checked against the graph here, before calibration
     if example_inputs is not None:
         validate_batch(example_inputs, graph)
     return prepared
@@ -186,8 +192,8 @@ def convert(prepared: PreparedModel, quant_config: StaticQuantConfig | None = No
     calibrator = prepared.calibrator
     ctx.ranges = calibrator.ranges_for(graph, percentile=cfg.percentile)
     ctx.calibration = calibrator.stats()
-    convention = Convention[get_backend(prepared.backend).convention.upper()]
-    passes: list[Pass] = [ComputeQParams(convention=convention.value)]
+    name = get_backend(prepared.backend).convention
+    passes: list[Pass] = [ComputeQParams(convention=name)]
     if cfg.smooth_quant:
         ctx.smooth_targets = select_smoothing_targets(graph)
         ctx.channel_ranges = calibrator.channel_ranges(ctx.smooth_targets)
@@ -200,7 +206,7 @@ def convert(prepared: PreparedModel, quant_config: StaticQuantConfig | None = No
             )
         passes.insert(0, SmoothQuant(alpha=cfg.smooth_quant_alpha))
     PassManager(passes, print_ir_after=prepared.print_ir_after).run(graph, ctx)
-    steps = float_output_steps(graph, calibrator.output_ranges(), convention)
+    steps = float_output_steps(graph, calibrator.output_ranges(), Convention[name.upper()])
     if steps:
         ctx.calibration["output_steps"] = steps
     return QuantizedModel(graph, prepared.backend, cfg, ctx)

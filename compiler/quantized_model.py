@@ -75,10 +75,9 @@ class QuantizedModel:
             PassManager([Legalize(backend=target.name)]).run(graph, ctx)
             assert ctx.legalize_report is not None
             report = ctx.legalize_report
-            nodes = [n for n in self.ir.nodes if node_label(n) in self.ctx.decisions]
             rows = aligned_rows(list(self.ir.nodes), report.nodes)
+            # the rows of the nodes that have a decision, in the order `decisions_of` lists them
             legal = [r for n, r in zip(self.ir.nodes, rows, strict=True) if node_label(n) in self.ctx.decisions]
-            assert len(legal) == len(nodes)
             decisions = _merge(decisions_of(self.ctx, self.ir), legal, target.capabilities)
             self._legal[target.name] = Legalized(target, graph, report, decisions)
         return self._legal[target.name]

@@ -46,7 +46,7 @@ from quantir.backends.contract import Backend
 from quantir.backends.registry import backend_names, get_backend
 from quantir.ir import SerializationError
 
-__all__ = ["CrossRow", "CrossRuntimeReport", "artifacts", "cross_runtime", "find_artifacts", "reference_model"]
+__all__ = ["CrossRow", "CrossRuntimeReport", "artifacts", "cross_runtime", "reference_model"]
 
 
 
@@ -144,12 +144,6 @@ def artifacts(path: str | os.PathLike[str]) -> list[tuple[Backend, Path]]:
             "`quantir convert MODEL --to all -o DIR`"
         )
     return [(get_backend(n), found[n]) for n in names[:2]]
-
-
-def find_artifacts(path: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """The two artifacts `cross_runtime` compares (see `artifacts`)."""
-    (_, a), (_, b) = artifacts(path)
-    return a, b
 
 
 def _qparams(model_path: Path) -> dict[str, tuple[Any, Any]]:

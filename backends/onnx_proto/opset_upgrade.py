@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from quantir.backends.contract import ValueChange
 from quantir.ir import DType, Graph, Node, PassError, Tensor, TensorType, Value
 from quantir.ir.core import Attr
 from quantir.ir.printer import format_context
@@ -117,9 +118,10 @@ def upgrade_problem(graph: Graph, new: int) -> tuple[Node, int] | None:
     return None
 
 
-def upgrade_opset(graph: Graph, new: int, *, why: str = "") -> list[str]:
+def upgrade_opset(graph: Graph, new: int, *, why: str = "") -> list[ValueChange]:
     """Raise the default-domain opset of `graph` (mutated) to `new`, rewriting the nodes whose ops changed; returns
-    one line per rewritten node. Raises `PassError` naming the first node no rewrite can carry (nothing changed)."""
+    one record per rewritten node (for the legalize report's `changed`). Raises `PassError` naming the first node no
+    rewrite can carry (nothing changed)."""
     old = graph.opset
     if new <= old:
         return []
@@ -132,12 +134,12 @@ def upgrade_opset(graph: Graph, new: int, *, why: str = "") -> list[str]:
             f"{format_context(graph, node)}\n  hint: convert the float model first "
             f"(onnx.version_converter.convert_version(model, {new})) and import it again"
         )
-    lines = []
+    changes = []
     for node in list(graph.nodes):
         for version in _changes(node, old, new):
             label = node.describe()
             if _REWRITES[(node.op_type, version)](graph, node):
-                lines.append(f"{label}: rewritten for opset {version}")
+                changes.append(ValueChange(label, f"{label}: rewritten for opset {version}"))
     key = "ai.onnx" if "ai.onnx" in graph.opset_imports and "" not in graph.opset_imports else ""
     graph.opset_imports[key] = new
-    return lines
+    return changes

@@ -229,9 +229,7 @@ def _target_opset(graph: Graph, opset_min: int) -> int:
         return old
     if upgrade_problem(graph, wanted) is None:
         return wanted
-    if old >= required or upgrade_problem(graph, required) is None:
-        return max(old, required)
-    return required  # upgrade_opset names the node that cannot be carried
+    return max(old, required)  # below `required`, upgrade_opset names the node that cannot be carried
 
 
 def _removal_reason(v: Value, status: dict[Node, UnitStatus]) -> str | None:
@@ -261,8 +259,7 @@ def legalize_for_onnx_qdq(graph: Graph, *, opset_min: int = 13) -> LegalizeRepor
     target = _target_opset(graph, opset_min)
     what = "QuantizeLinear/DequantizeLinear with a per-channel axis" if target >= MIN_OPSET_PER_AXIS else "Q/DQ"
     rewritten = upgrade_opset(graph, target, why=f"the quantized model needs opset {target} ({what})")
-    report = LegalizeReport(opset_before=before, opset_after=graph.opset)
-    report.changed += [ValueChange(line.split(":")[0], line) for line in rewritten]
+    report = LegalizeReport(changed=rewritten, opset_before=before, opset_after=graph.opset)
     first_reason: dict[Node, str] = {}
     while True:
         status = classify(graph, target)

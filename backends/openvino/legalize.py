@@ -91,13 +91,11 @@ def legalize_for_openvino(graph: Graph) -> LegalizeReport:
     _remove_unread(graph, status, report)
     per_axis = any(q.granularity.kind is not GranularityKind.PER_TENSOR
                    for v in graph.values() if (q := _qtype(v)) is not None)  # fmt: skip
-    before = graph.opset
-    rewritten: list[str] = []
+    report.opset_before = graph.opset
     if per_axis and graph.opset < MIN_OPSET_PER_AXIS:
         why = f"per-channel quantization needs opset {MIN_OPSET_PER_AXIS} in the QDQ model OpenVINO reads"
-        rewritten = upgrade_opset(graph, MIN_OPSET_PER_AXIS, why=why)
-    report.opset_before, report.opset_after = before, graph.opset
-    report.changed += [ValueChange(line.split(":")[0], line) for line in rewritten]
+        report.changed += upgrade_opset(graph, MIN_OPSET_PER_AXIS, why=why)
+    report.opset_after = graph.opset
     for node, name in zip(graph.nodes, node_names(graph)):
         module = node.source.module if node.source is not None else ""
         if node in status:
