@@ -341,6 +341,7 @@ def lazy(module: str, name: str) -> Callable[..., Any]:
         return getattr(importlib.import_module(module), name)(*args, **kwargs)
 
     call.__name__ = call.__qualname__ = name
+    call.target = f"{module}:{name}"  # type: ignore[attr-defined]  # what a child process imports (probe.py)
     call.__doc__ = f"`{module}.{name}`, imported on first call."
     return call
 
@@ -363,6 +364,8 @@ class Backend:
     """`load(artifact_dir, *, threads=None) -> Runner`; `threads` bounds the runtime's intra-op threads."""
     aliases: tuple[str, ...] = ()
     description: str = ""
+    runtime_package: str = ""
+    """The runtime's Python distribution ("openvino"), whose version errors and reports name."""
     load_float: Callable[..., Runner] | None = None
     """`load_float(onnx_path, *, threads=None) -> Runner`: a float ONNX model in the same runtime, the baseline of
     speed and accuracy figures (None: the runtime cannot run one)."""

@@ -15,6 +15,7 @@ from quantir.ir.errors import (
     ParseError,
     PassError,
     QuantirError,
+    RuntimeCrashError,
     SerializationError,
     UnsupportedOpError,
     UseListError,
@@ -57,5 +58,5 @@ __all__ = [
     "QuantType", "QuantirError", "Scheme", "SequenceType", "SerializationError", "SourceInfo", "Tensor",
     "TensorType", "UnsupportedOpError", "Usage", "UseListError", "Value", "VerifyError", "first_difference",
     "structurally_equal", "traits_of", "verify", "weight_inputs", "parse", "print_graph", "format_context", "save",
-    "load", "CalibrationError",
+    "load", "CalibrationError", "RuntimeCrashError",
 ]  # fmt: skip

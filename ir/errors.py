@@ -13,6 +13,7 @@ __all__ = [
     "ParseError",
     "PassError",
     "QuantirError",
+    "RuntimeCrashError",
     "SerializationError",
     "UnsupportedOpError",
     "UseListError",
@@ -67,3 +68,8 @@ class ConfigError(QuantirError):
 
 class CalibrationError(QuantirError):
     """Calibration data cannot give a range (NaN/Inf values, no batches, inconsistent shapes)."""
+
+
+class RuntimeCrashError(QuantirError):
+    """A target runtime crashed, hung or failed running an artifact (checked in a child process, so the crash
+    reaches the user as this error instead of killing quantir)."""

@@ -11,6 +11,7 @@ and the agreement of the artifact's outputs with the float model's on the calibr
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -19,15 +20,17 @@ from typing import Any
 
 import numpy as np
 
+from quantir.backends.contract import VerifyReport
 from quantir.backends.onnx_proto import ort_session
+from quantir.backends.probe import probe
 from quantir.backends.registry import backend_names, get_backend
 from quantir.compiler.api import convert, prepare
 from quantir.compiler.calibration.data import feeds
 from quantir.compiler.config.quant_config import StaticQuantConfig, load_config
 from quantir.compiler.quantized_model import QuantizedModel
-from quantir.ir import QuantirError
+from quantir.ir import QuantirError, RuntimeCrashError
 
-__all__ = ["agreement", "run_convert", "run_retarget", "summarize"]
+__all__ = ["agreement", "run_convert", "run_retarget", "summarize", "verify_fresh"]
 
 
 def summarize(model: QuantizedModel) -> str:
@@ -54,6 +57,18 @@ def agreement(float_outputs: list[np.ndarray], quant_outputs: list[np.ndarray], 
             text += f", argmax agreement {float(np.mean(f.argmax(1) == q.argmax(1))):.2%}"
         lines.append(text)
     return lines
+
+
+def verify_fresh(target: str, artifact: Path, feed: dict[str, np.ndarray]) -> VerifyReport:
+    """Verify an artifact just written: run it once in a child process first (`probe`), so that a runtime crash is
+    a clear error and not a dead process; a crashing artifact is removed (the command fails, nothing is left)."""
+    backend = get_backend(target)
+    try:
+        probe(backend, artifact, feed)
+    except RuntimeCrashError:
+        shutil.rmtree(artifact, ignore_errors=True)
+        raise
+    return backend.verify(artifact, feed)
 
 
 def _batches(data: Any, model: QuantizedModel, size: int, batch: int | None) -> Iterator[dict[str, np.ndarray]]:
@@ -136,7 +151,7 @@ def run_retarget(args: argparse.Namespace, targets: list[str]) -> int:
             print(f"  note: {note}")
         size = args.sampling_size or 100
         feed = next(_batches(args.calib, m, size, args.batch_size)) if args.calib else _probe_feed(m)
-        report = get_backend(t).verify(path, feed)
+        report = verify_fresh(t, path, feed)
         print(f"{t}: {path}")
         print(f"  int8 kernel coverage: {report.coverage_text()}")
         if args.calib:
@@ -188,7 +203,7 @@ def run_convert(args: argparse.Namespace) -> int:
     print(summarize(model))
     for t, path in zip(targets, written, strict=True):
         feed = next(_batches(args.calib, model, size, args.batch_size))
-        report = get_backend(t).verify(path, feed)
+        report = verify_fresh(t, path, feed)
         print(f"{t}: {path}")
         print(f"  int8 kernel coverage: {report.coverage_text()}")
         sess = _float_session(Path(args.model))

@@ -23,6 +23,7 @@ from quantir.compiler.api import convert, prepare
 from quantir.compiler.config.quant_config import StaticQuantConfig
 from quantir.compiler.model_io import load_graph
 from quantir.ir import QuantirError, first_difference, textio
+from quantir.tools.convert import verify_fresh
 from quantir.tools.digits import bundled_model_path, load_digits_split
 
 __all__ = ["run_demo"]
@@ -81,7 +82,7 @@ def _backend_path(quantized: Any, name: str, split: Any, out: Path, model: Path)
         print(f"{label} {backend.runtime} is not installed ({e}): skipped")
         return None
     print(f"{label} saved in {time.perf_counter() - t0:.2f} s -> {artifact}")
-    report = backend.verify(artifact, {"x": split.calib_x[:32]})
+    report = verify_fresh(name, artifact, {"x": split.calib_x[:32]})
     print(f"{label} {backend.runtime}: {report.summary_line()}")
     int8 = backend.load(artifact, threads=1)
     acc_q = _top1(int8, split.test_x, split.test_y)

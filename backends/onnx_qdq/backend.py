@@ -20,6 +20,7 @@ BACKEND = Backend(
     name="onnx_qdq",
     aliases=("onnx-qdq", "ort", "onnxruntime"),
     runtime=RUNTIME,
+    runtime_package="onnxruntime",
     convention="ort",
     capabilities=TABLE,
     legalize=legalize_for_onnx_qdq,

@@ -22,6 +22,7 @@ BACKEND = Backend(
     name="openvino",
     aliases=("ov",),
     runtime=RUNTIME,
+    runtime_package="openvino",
     convention="openvino",
     capabilities=TABLE,
     legalize=legalize_for_openvino,
