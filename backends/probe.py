@@ -63,7 +63,7 @@ def probe(backend: Backend, artifact: str | os.PathLike[str], feed: Mapping[str,
     who = f"{runtime_version(backend)} running the {backend.name} artifact {os.fspath(folder)!r}"
     with tempfile.TemporaryDirectory(prefix="quantir-probe-") as tmp:
         data = Path(tmp) / "feed.npz"
-        np.savez(data, **{k: np.asarray(v) for k, v in feed.items()})
+        np.savez(data, allow_pickle=False, **{k: np.asarray(v) for k, v in feed.items()})
         cmd = [sys.executable, "-m", "quantir.backends.probe", target, os.fspath(folder), os.fspath(data)]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
