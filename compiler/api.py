@@ -173,7 +173,7 @@ def prepare(
     backend = get_backend(backend).name  # an unknown backend fails here, before any work
     graph = _load(model, example_inputs, dynamic_shapes)
     mode: PrintMode | None = "all" if print_ir_after == "all" else "change" if print_ir_after == "change" else None
-    passes: list[Pass] = [Canonicalize(), FoldConstants(), EliminateDeadCode()]
+    passes: list[Pass] = [FoldConstants(), Canonicalize(), EliminateDeadCode()]
     PassManager(passes, print_ir_after=mode).run(graph, PassContext())
     prepared = PreparedModel(graph, cfg, backend, print_ir_after=mode)
     prepared._annotated = prepared.annotate()[0]  # the config is checked against the graph here, before calibration

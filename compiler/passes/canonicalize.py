@@ -1,5 +1,6 @@
-"""`canonicalize`: fold inference-mode BatchNormalization into the preceding Conv/Gemm (the conv keeps its
-provenance and parameter names), remove Dropout and Identity. Rules are a table keyed by op type; each rule
+"""`canonicalize`: fold inference-mode BatchNormalization and a per-channel constant Add (a bias exported as its own
+node, as Paddle does) into the preceding Conv/Gemm (the conv keeps its provenance and parameter names), remove
+Dropout and Identity. Rules are a table keyed by op type; each rule
 either rewrites and returns None, or returns why it did not apply (for the debug log), mutating nothing
 before it has decided.
 """
@@ -89,9 +90,9 @@ def _bn_params(node: Node) -> tuple[np.ndarray, np.ndarray] | str:
     return mult, bias - mean * mult
 
 
-def _producer_weights(graph: Graph, bn: Node) -> tuple[Node, int, int, int] | str:
-    """The Conv/Gemm feeding `bn`, with (weight input, output-channel axis, bias input)."""
-    x = bn.inputs[0]
+def _producer_weights(graph: Graph, bn: Node, data: int = 0) -> tuple[Node, int, int, int] | str:
+    """The Conv/Gemm feeding input `data` of `bn`, with (weight input, output-channel axis, bias input)."""
+    x = bn.inputs[data]
     prod = x.producer if x is not None else None
     if prod is None or x is None:
         return "its input is not produced by a node"
@@ -139,11 +140,55 @@ def _fold_batchnorm(graph: Graph, bn: Node) -> str | None:
     return _forward(graph, bn, prod.output())
 
 
+def _fold_bias_add(graph: Graph, add: Node) -> str | None:
+    """Conv/Gemm -> Add(constant that varies only along the output channel) becomes the Conv/Gemm's bias. Left as
+    an Add, the constant would be quantized as an activation and the Conv's output requantized before it."""
+    if len(add.inputs) != 2 or add.inputs[0] is None or add.inputs[1] is None:
+        return "it does not have two inputs"
+    consts = [_const(v) for v in add.inputs]
+    side = 1 if consts[1] is not None else 0 if consts[0] is not None else -1
+    if side < 0:
+        return "neither input is a constant"
+    c = consts[side]
+    assert c is not None
+    found = _producer_weights(graph, add, data=1 - side)
+    if isinstance(found, str):
+        return found
+    prod, w_idx, axis, b_idx = found
+    w_val = prod.inputs[w_idx]
+    w = _const(w_val)
+    if w is None or w_val is None or w_val.dtype not in (DType.F32, DType.F64, DType.F16) or c.dtype != w.dtype:
+        return f"the {prod.op_type} weight is not a float constant of the constant's dtype"
+    rank = w.ndim if prod.op_type == "Conv" else 2
+    channels = w.shape[axis]
+    shape = (1,) * (rank - c.ndim) + c.shape
+    if c.ndim > rank or any(d != 1 for i, d in enumerate(shape) if i != 1) or shape[1] not in (1, channels):
+        return f"the constant's shape {list(c.shape)} varies along more than the output channel"
+    b_val = prod.inputs[b_idx] if len(prod.inputs) > b_idx else None
+    b = _const(b_val) if b_val is not None else np.zeros(channels, w.dtype)
+    if b is None or b.shape != (channels,):
+        return f"the {prod.op_type} bias is not a constant per output channel"
+    beta = float(prod.attr("beta", 1.0)) if prod.op_type == "Gemm" else 1.0  # type: ignore[arg-type]
+    new_b = (b.astype(np.float64) * beta + np.broadcast_to(c.astype(np.float64).reshape(-1), (channels,))).astype(
+        w.dtype
+    )
+    add_val = add.inputs[side]
+    assert add_val is not None
+    bias_value = _replacement(graph, b_val if b_val is not None else add_val, new_b)
+    while len(prod.inputs) <= b_idx:
+        prod.append_input(None)
+    prod.set_input(b_idx, bias_value)
+    if prod.op_type == "Gemm" and beta != 1.0:
+        prod.attrs.pop("beta")
+    return _forward(graph, add, prod.output())
+
+
 def _replacement(graph: Graph, old: Value, data: np.ndarray) -> Value:
     """A constant holding `data`: `old` itself if nothing else reads it (keeping its parameter name)."""
     tensor = Tensor.from_numpy(np.ascontiguousarray(data), old.dtype)
     if len(old.uses()) == 1 and old.name in graph.constants and not graph.is_output(old):
         old.const = tensor
+        old.type = TensorType(tensor.dtype, tensor.shape)  # a folded bias may change shape ([1, C, 1, 1] -> [C])
         return old
     return graph.add_constant(graph.fresh_name(old.name + ".folded"), tensor)
 
@@ -154,6 +199,7 @@ def _new_bias(graph: Graph, weight: Value, data: np.ndarray) -> Value:
 
 
 _RULES: dict[str, Rule] = {
+    "Add": _fold_bias_add,
     "BatchNormalization": _fold_batchnorm,
     "Dropout": _remove_dropout,
     "Identity": _remove_identity,

@@ -112,3 +112,68 @@ def test_bundled_model_folds_all_batchnorms_and_keeps_accuracy() -> None:
     after = _run(g, split.test_x)
     np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-4)
     assert (after.argmax(1) == before.argmax(1)).all()
+
+
+def _conv_add_graph(const_shape: tuple[int, ...], *, conv_bias: bool, second_reader: bool = False) -> Graph:
+    """x -> Conv -> Add(constant) -> Relu, the bias exported as its own node (Paddle's `conv*_offset`), optionally
+    with another reader of the Conv's output."""
+    g = Graph("convadd", opset_imports={"": 17})
+    x = Value("x", TensorType(F32, ("N", 3, 5, 5)))
+    g.inputs.append(x)
+    ins = [x, _c(g, "conv1.weight", 4, 3, 1, 1)] + ([_c(g, "conv1.bias", 4)] if conv_bias else [])
+    conv = g.append(Node("Conv", ins, [Value("c", TensorType(F32, ("N", 4, 5, 5)))], name="conv",
+                         source=SourceInfo("conv1", "torch.nn.Conv2d")))  # fmt: skip
+    offset = _c(g, "conv1_offset", *const_shape)
+    add = g.append(Node("Add", [conv.output(), offset], [Value("a", conv.output().type)], name="add"))
+    relu = g.append(Node("Relu", [add.output()], [Value("y", conv.output().type)]))
+    g.outputs.append(relu.output())
+    if second_reader:
+        g.outputs.append(conv.output())
+    return g
+
+
+@pytest.mark.parametrize(("shape", "conv_bias"), [((1, 4, 1, 1), False), ((4, 1, 1), True), ((1,), False)])
+def test_a_per_channel_constant_add_becomes_the_conv_bias(shape: tuple[int, ...], conv_bias: bool) -> None:
+    g = _conv_add_graph(shape, conv_bias=conv_bias)
+    x = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
+    before = _run(g, x)
+    PassManager([Canonicalize()]).run(g)
+    assert [n.op_type for n in g.nodes] == ["Conv", "Relu"]
+    conv = g.nodes[0]
+    bias = conv.inputs[2]
+    assert bias is not None and bias.const is not None and bias.const.shape == (4,)
+    assert bias.type == TensorType(F32, (4,))
+    assert bias.name == ("conv1.bias" if conv_bias else "conv1_offset")  # a parameter name is kept
+    assert conv.source is not None and conv.source.module == "conv1"
+    np.testing.assert_allclose(_run(g, x), before, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("shape", "second_reader", "why"),
+    [((1, 4, 5, 1), False, "varies along more than the output channel"),
+     ((4,), False, "varies along more than the output channel"),  # broadcasts along the last (width) axis
+     ((1, 4, 1, 1), True, "the Conv output has other readers")],
+)  # fmt: skip
+def test_an_add_that_is_not_a_bias_is_kept(shape: tuple[int, ...], second_reader: bool, why: str) -> None:
+    g = _conv_add_graph(shape, conv_bias=False, second_reader=second_reader)
+    ctx = PassContext()
+    PassManager([Canonicalize()]).run(g, ctx)
+    assert [n.op_type for n in g.nodes] == ["Conv", "Add", "Relu"]
+    assert any("'add'" in n and why in n for n in ctx.notes), ctx.notes
+
+
+def test_gemm_with_a_row_constant_add_takes_it_as_bias() -> None:
+    g = Graph("gemmadd", opset_imports={"": 17})
+    x = Value("x", TensorType(F32, ("N", 5)))
+    g.inputs.append(x)
+    gemm = g.append(Node("Gemm", [x, _c(g, "fc.weight", 3, 5), _c(g, "fc.bias", 3)],
+                         [Value("f", TensorType(F32, ("N", 3)))], attrs={"transB": Attr.of(1), "beta": Attr.of(0.5)},
+                         source=SourceInfo("fc", "torch.nn.Linear")))  # fmt: skip
+    add = g.append(Node("Add", [_c(g, "shift", 1, 3), gemm.output()], [Value("y", gemm.output().type)]))
+    g.outputs.append(add.output())
+    xs = rng.standard_normal((4, 5)).astype(np.float32)
+    before = _run(g, xs)
+    PassManager([Canonicalize()]).run(g)
+    assert [n.op_type for n in g.nodes] == ["Gemm"] and "beta" not in g.nodes[0].attrs
+    assert g.outputs[0].name == "y"
+    np.testing.assert_allclose(_run(g, xs), before, rtol=1e-5, atol=1e-5)
