@@ -131,13 +131,16 @@ def _fold_batchnorm(graph: Graph, bn: Node) -> str | None:
     new_b = ((b.astype(np.float64) * beta) * mult + shift).astype(w.dtype)
     prod.set_input(w_idx, _replacement(graph, w_val, new_w))
     bias_value = _replacement(graph, b_val, new_b) if b_val is not None else _new_bias(graph, w_val, new_b)
-    if b_val is None:
-        while len(prod.inputs) <= b_idx:
-            prod.append_input(None)
-    prod.set_input(b_idx, bias_value)
-    if prod.op_type == "Gemm" and beta != 1.0:
-        prod.attrs.pop("beta")
-    return _forward(graph, bn, prod.output())
+    return _take_bias(graph, prod, b_idx, bias_value, bn)
+
+
+def _take_bias(graph: Graph, prod: Node, b_idx: int, bias: Value, folded: Node) -> str | None:
+    """Make `bias` the Conv/Gemm's bias (a Gemm's beta is folded into it), then remove `folded`."""
+    while len(prod.inputs) <= b_idx:
+        prod.append_input(None)
+    prod.set_input(b_idx, bias)
+    prod.attrs.pop("beta", None)
+    return _forward(graph, folded, prod.output())
 
 
 def _fold_bias_add(graph: Graph, add: Node) -> str | None:
@@ -174,13 +177,7 @@ def _fold_bias_add(graph: Graph, add: Node) -> str | None:
     )
     add_val = add.inputs[side]
     assert add_val is not None
-    bias_value = _replacement(graph, b_val if b_val is not None else add_val, new_b)
-    while len(prod.inputs) <= b_idx:
-        prod.append_input(None)
-    prod.set_input(b_idx, bias_value)
-    if prod.op_type == "Gemm" and beta != 1.0:
-        prod.attrs.pop("beta")
-    return _forward(graph, add, prod.output())
+    return _take_bias(graph, prod, b_idx, _replacement(graph, b_val if b_val is not None else add_val, new_b), add)
 
 
 def _replacement(graph: Graph, old: Value, data: np.ndarray) -> Value:

@@ -46,13 +46,19 @@ def _conv_bn_graph(*, conv_bias: bool) -> Graph:
     return g
 
 
-def _gemm_bn_graph() -> Graph:
-    g = Graph("gemmbn", opset_imports={"": 17})
+def _gemm(g: Graph) -> Node:
+    """x[N, 5] -> Gemm(transB, beta 0.5) -> [N, 3], with a bias."""
     x = Value("x", TensorType(F32, ("N", 5)))
     g.inputs.append(x)
     gemm = g.append(Node("Gemm", [x, _c(g, "fc.weight", 3, 5), _c(g, "fc.bias", 3)],
                          [Value("f", TensorType(F32, ("N", 3)))], attrs={"transB": Attr.of(1), "beta": Attr.of(0.5)},
                          source=SourceInfo("fc", "torch.nn.Linear")))  # fmt: skip
+    return gemm
+
+
+def _gemm_bn_graph() -> Graph:
+    g = Graph("gemmbn", opset_imports={"": 17})
+    gemm = _gemm(g)
     bn = _bn(g, gemm.output(), "bn", 3, "y")
     g.outputs.append(bn.output())
     return g
@@ -164,11 +170,7 @@ def test_an_add_that_is_not_a_bias_is_kept(shape: tuple[int, ...], second_reader
 
 def test_gemm_with_a_row_constant_add_takes_it_as_bias() -> None:
     g = Graph("gemmadd", opset_imports={"": 17})
-    x = Value("x", TensorType(F32, ("N", 5)))
-    g.inputs.append(x)
-    gemm = g.append(Node("Gemm", [x, _c(g, "fc.weight", 3, 5), _c(g, "fc.bias", 3)],
-                         [Value("f", TensorType(F32, ("N", 3)))], attrs={"transB": Attr.of(1), "beta": Attr.of(0.5)},
-                         source=SourceInfo("fc", "torch.nn.Linear")))  # fmt: skip
+    gemm = _gemm(g)
     add = g.append(Node("Add", [_c(g, "shift", 1, 3), gemm.output()], [Value("y", gemm.output().type)]))
     g.outputs.append(add.output())
     xs = rng.standard_normal((4, 5)).astype(np.float32)
