@@ -248,6 +248,9 @@ def _build_parser() -> argparse.ArgumentParser:
                    "not needed for a model that already contains QuantizeLinear/DequantizeLinear")  # fmt: skip
     p.add_argument("--requantize-weights", action="store_true",
                    help="requantize an already-quantized model's weights for the target's int8 rules")  # fmt: skip
+    p.add_argument("--accept-low-accuracy", action="store_true",
+                   help="keep an artifact whose output collapses against the float model (mean cosine below "
+                   "0.9; by default that fails, naming the first layer whose error collapses)")  # fmt: skip
     p.add_argument("--config", help="a StaticQuantConfig as YAML or JSON")
     p.add_argument("--sampling-size", type=int, help="calibration samples to use (default: the config's, 100)")
     p.add_argument("-o", "--output", required=True, help="the artifact folder to write")

@@ -14,7 +14,7 @@ import argparse
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,10 @@ from quantir.compiler.config.quant_config import StaticQuantConfig, load_config
 from quantir.compiler.quantized_model import QuantizedModel
 from quantir.ir import QuantirError, RuntimeCrashError
 
-__all__ = ["agreement", "run_convert", "run_retarget", "summarize", "verify_fresh"]
+__all__ = [
+    "COLLAPSED_DB", "QUALITY_FLOOR", "agreement", "mean_cosine", "run_convert", "run_retarget", "summarize",
+    "verify_fresh",
+]  # fmt: skip
 
 
 def summarize(model: QuantizedModel) -> str:
@@ -41,15 +44,26 @@ def summarize(model: QuantizedModel) -> str:
     return "\n".join(lines)
 
 
+QUALITY_FLOOR = 0.9
+"""Below this mean cosine (per sample, float vs quantized) on any output, `convert` calls the model collapsed."""
+COLLAPSED_DB = 10.0
+"""A layer whose SQNR is below this many dB is where a collapse starts."""
+
+
+def mean_cosine(f: np.ndarray, q: np.ndarray) -> float:
+    """Mean over samples (dim 0) of the cosine between the float and quantized outputs."""
+    f64, q64 = f.astype(np.float64).reshape(len(f), -1), q.astype(np.float64).reshape(len(q), -1)
+    norms = np.maximum(np.linalg.norm(f64, axis=1) * np.linalg.norm(q64, axis=1), 1e-30)
+    return float(np.mean(np.sum(f64 * q64, 1) / norms))
+
+
 def agreement(float_outputs: list[np.ndarray], quant_outputs: list[np.ndarray], names: list[str]) -> list[str]:
     """Per output: max |diff|, relative L2 error, cosine, and argmax agreement for 2-D outputs."""
     lines = []
     for name, f, q in zip(names, float_outputs, quant_outputs, strict=True):
         f64, q64 = f.astype(np.float64).reshape(len(f), -1), q.astype(np.float64).reshape(len(q), -1)
         rel = float(np.linalg.norm(f64 - q64)) / max(float(np.linalg.norm(f64)), 1e-30)
-        cos = float(
-            np.mean(np.sum(f64 * q64, 1) / np.maximum(np.linalg.norm(f64, axis=1) * np.linalg.norm(q64, axis=1), 1e-30))
-        )
+        cos = mean_cosine(f, q)
         text = (
             f"  {name}: max |diff| {float(np.max(np.abs(f64 - q64))):.4g}, relative L2 {rel:.4%}, mean cosine {cos:.5f}"
         )
@@ -214,7 +228,36 @@ def run_convert(args: argparse.Namespace) -> int:
             for i, (f, q) in enumerate(zip(sess.run(None, batch), report.run(batch), strict=True)):
                 fl[i].append(f)
                 qu[i].append(q)
+        merged_f, merged_q = [np.concatenate(x) for x in fl], [np.concatenate(x) for x in qu]
         print("  agreement with the float model on the calibration data:")
-        for line in agreement([np.concatenate(x) for x in fl], [np.concatenate(x) for x in qu], names):
+        for line in agreement(merged_f, merged_q, names):
             print("  " + line)
+        collapsed = [(n, c) for n, f, q in zip(names, merged_f, merged_q, strict=True)
+                     if (c := mean_cosine(f, q)) < QUALITY_FLOOR]  # fmt: skip
+        if collapsed:
+            problem = _collapse(model, t, collapsed, lambda: _batches(args.calib, model, size, args.batch_size))
+            if not getattr(args, "accept_low_accuracy", False):
+                for p in written:
+                    shutil.rmtree(p, ignore_errors=True)
+                raise QuantirError(f"{problem}; no artifact was written. To keep it anyway, rerun with "
+                                   "--accept-low-accuracy")  # fmt: skip
+            print(f"  WARNING (accepted with --accept-low-accuracy): {problem}")
     return 0
+
+
+def _collapse(model: QuantizedModel, target: str, collapsed: list[tuple[str, float]],
+              batches: Callable[[], Iterator[dict[str, np.ndarray]]]) -> str:  # fmt: skip
+    """Why the quantized model is unusable: the collapsed outputs and the first layer (in graph order) whose SQNR
+    against the float model is below `COLLAPSED_DB`, with the fallback to try."""
+    from quantir.tools.layer_error import layer_errors
+
+    outputs = ", ".join(f"{n!r} (mean cosine {c:.3f})" for n, c in collapsed)
+    text = f"the {target} model collapsed: its output {outputs} is below {QUALITY_FLOOR} against the float model"
+    report = layer_errors(model.legalized(target).graph, batches())
+    bad = sorted((r for r in report.rows if r.sqnr_db < COLLAPSED_DB), key=lambda r: r.position)
+    if not bad:
+        return f"{text}; no single layer is below {COLLAPSED_DB:g} dB SQNR (the error accumulates: see quantir layers)"
+    first = bad[0]
+    return (f"{text}; the first layer below {COLLAPSED_DB:g} dB SQNR is {first.producer} (tensor {first.value!r}, "
+            f"{first.sqnr_db:.1f} dB). Keep it float with set_local (a --config file: `local: {{NAME: {{act_dtype: "
+            "fp32, w_dtype: fp32}}`), or see every layer with `quantir layers`")  # fmt: skip
