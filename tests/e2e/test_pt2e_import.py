@@ -30,7 +30,7 @@ from onnx import numpy_helper
 from quantir.backends.onnx_proto.qdq import lower_to_qdq
 from quantir.backends.onnx_proto.runtime import ort_session, run_all
 from quantir.backends.onnx_qdq.verify import verify_onnx_qdq
-from quantir.backends.openvino.verify import verify_openvino
+from quantir.backends.openvino.verify import CPU_CONFIG, verify_openvino
 from quantir.compiler.model_io import export_onnx
 from quantir.compiler.retarget import from_quantized, requantize, target_differences
 from quantir.frontends.onnx import import_onnx
@@ -121,8 +121,10 @@ def _output_lsb(path: Path) -> float | None:
 
 
 def _openvino_direct(path: Path, x: np.ndarray) -> np.ndarray:
-    """OpenVINO reading the PT2E file itself (its ONNX frontend and LPT, no quantir)."""
-    return np.asarray(ov.Core().compile_model(ov.convert_model(os.fspath(path)), "CPU")({"x": x})[0])
+    """OpenVINO reading the PT2E file itself (its ONNX frontend and LPT, no quantir), at the float precision quantir
+    compiles with (the CPU plugin's bf16 default on AMX CPUs would differ in the float epilogue)."""
+    compiled = ov.Core().compile_model(ov.convert_model(os.fspath(path)), "CPU", CPU_CONFIG)
+    return np.asarray(compiled({"x": x})[0])
 
 
 def _assert_same_as_direct(ours: np.ndarray, direct: np.ndarray, lsb: float | None) -> None:

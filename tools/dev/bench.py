@@ -112,7 +112,9 @@ class _OVSession:
     def __init__(self, path: str | Path) -> None:
         import openvino as ov
 
-        self.compiled = ov.Core().compile_model(str(path), "CPU")
+        from quantir.backends.openvino.verify import CPU_CONFIG
+
+        self.compiled = ov.Core().compile_model(str(path), "CPU", CPU_CONFIG)  # the same precision for every tool
         self.request = self.compiled.create_infer_request()
         self.output_names = [o.get_any_name() for o in self.compiled.outputs]
 
