@@ -15,6 +15,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from quantir.compiler.api import convert, prepare
 from quantir.compiler.calibration.data import feeds
 from quantir.compiler.config.quant_config import StaticQuantConfig, load_config
 from quantir.compiler.quantized_model import QuantizedModel
-from quantir.ir import QuantirError, RuntimeCrashError
+from quantir.ir import QuantirError
 
 __all__ = [
     "COLLAPSED_DB", "QUALITY_FLOOR", "agreement", "mean_cosine", "run_convert", "run_retarget", "summarize",
@@ -75,14 +76,33 @@ def agreement(float_outputs: list[np.ndarray], quant_outputs: list[np.ndarray], 
 
 def verify_fresh(target: str, artifact: Path, feed: dict[str, np.ndarray]) -> VerifyReport:
     """Verify an artifact just written: run it once in a child process first (`probe`), so that a runtime crash is
-    a clear error and not a dead process; a crashing artifact is removed (the command fails, nothing is left)."""
+    a `RuntimeCrashError` and not a dead process."""
     backend = get_backend(target)
-    try:
-        probe(backend, artifact, feed)
-    except RuntimeCrashError:
-        shutil.rmtree(artifact, ignore_errors=True)
-        raise
+    probe(backend, artifact, feed)
     return backend.verify(artifact, feed)
+
+
+def _save_all(out: Path, targets: list[str], save: Callable[[Path, str], Path]) -> tuple[list[Path], Path | None]:
+    """`save(folder, target)` for each target: into `out` for one, into `out/<target>` for several. Returns the
+    artifact folders and `out` when this call created it (so a failure can remove it again)."""
+    if len(targets) == 1:
+        return [save(out, targets[0])], None
+    created = None if out.exists() else out
+    out.mkdir(parents=True, exist_ok=True)
+    return [save(out / t, t) for t in targets], created
+
+
+@contextmanager
+def _removed_on_failure(written: list[Path], created: Path | None) -> Iterator[None]:
+    """A check of the written artifacts that fails (a runtime crash, the quality gate) leaves nothing behind."""
+    try:
+        yield
+    except QuantirError:
+        for path in written:
+            shutil.rmtree(path, ignore_errors=True)
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
 
 
 def _batches(data: Any, model: QuantizedModel, size: int, batch: int | None) -> Iterator[dict[str, np.ndarray]]:
@@ -154,30 +174,29 @@ def run_retarget(args: argparse.Namespace, targets: list[str]) -> int:
                 print(f"  to requantize the weights for {t} (activations keep the source's scales), rerun with "
                       "--requantize-weights")  # fmt: skip
         models.append(from_quantized(graph, t, source=f"Q/DQ parameters of {args.model}"))
-    out = Path(args.output)
-    if len(targets) > 1:
-        out.mkdir(parents=True, exist_ok=True)
-    written = [m.save(out if len(targets) == 1 else out / t, backend=t) for m, t in zip(models, targets, strict=True)]
+    by_target = dict(zip(targets, models, strict=True))
+    written, created = _save_all(Path(args.output), targets, lambda path, t: by_target[t].save(path, backend=t))
     print(f"retargeted {args.model} (already quantized: no calibration) in {time.perf_counter() - t0:.2f} s")
-    for t, m, path in zip(targets, models, written, strict=True):
-        print(summarize(m))
-        for note in m.ctx.notes:
-            print(f"  note: {note}")
-        size = args.sampling_size or 100
-        feed = next(_batches(args.calib, m, size, args.batch_size)) if args.calib else _probe_feed(m)
-        report = verify_fresh(t, path, feed)
-        print(f"{t}: {path}")
-        print(f"  int8 kernel coverage: {report.coverage_text()}")
-        if args.calib:
-            sess = _float_session(Path(args.model))
-            names = [o.name for o in sess.get_outputs()]
-            src_out = [sess.run(None, b) for b in _batches(args.calib, m, size, args.batch_size)]
-            got = [report.run(b) for b in _batches(args.calib, m, size, args.batch_size)]
-            print("  agreement with the source QDQ model (ONNX Runtime) on the calibration data:")
-            merged = [np.concatenate([o[i] for o in src_out]) for i in range(len(names))]
-            mine = [np.concatenate([o[i] for o in got]) for i in range(len(names))]
-            for line in agreement(merged, mine, names):
-                print("  " + line)
+    with _removed_on_failure(written, created):
+        for t, m, path in zip(targets, models, written, strict=True):
+            print(summarize(m))
+            for note in m.ctx.notes:
+                print(f"  note: {note}")
+            size = args.sampling_size or 100
+            feed = next(_batches(args.calib, m, size, args.batch_size)) if args.calib else _probe_feed(m)
+            report = verify_fresh(t, path, feed)
+            print(f"{t}: {path}")
+            print(f"  int8 kernel coverage: {report.coverage_text()}")
+            if args.calib:
+                sess = _float_session(Path(args.model))
+                names = [o.name for o in sess.get_outputs()]
+                src_out = [sess.run(None, b) for b in _batches(args.calib, m, size, args.batch_size)]
+                got = [report.run(b) for b in _batches(args.calib, m, size, args.batch_size)]
+                print("  agreement with the source QDQ model (ONNX Runtime) on the calibration data:")
+                merged = [np.concatenate([o[i] for o in src_out]) for i in range(len(names))]
+                mine = [np.concatenate([o[i] for o in got]) for i in range(len(names))]
+                for line in agreement(merged, mine, names):
+                    print("  " + line)
     return 0
 
 
@@ -207,41 +226,37 @@ def run_convert(args: argparse.Namespace) -> int:
     prepared = prepare(args.model, cfg, backend=targets[0], print_ir_after=mode)
     prepared.calibrate(args.calib, sampling_size=size, batch_size=args.batch_size)
     model = convert(prepared)
-    out = Path(args.output)
-    if len(targets) > 1:
-        out.mkdir(parents=True, exist_ok=True)  # one artifact folder per target inside it
-    written = [model.save(out if len(targets) == 1 else out / t, backend=t) for t in targets]
+    written, created = _save_all(Path(args.output), targets, lambda path, t: model.save(path, backend=t))
     seconds = time.perf_counter() - t0
     stats = model.ctx.calibration
     print(f"converted {args.model} in {seconds:.2f} s ({stats.get('samples', 0)} calibration samples)")
     print(summarize(model))
-    for t, path in zip(targets, written, strict=True):
-        feed = next(_batches(args.calib, model, size, args.batch_size))
-        report = verify_fresh(t, path, feed)
-        print(f"{t}: {path}")
-        print(f"  int8 kernel coverage: {report.coverage_text()}")
-        sess = _float_session(Path(args.model))
-        names = [o.name for o in sess.get_outputs()]
-        fl: list[list[np.ndarray]] = [[] for _ in names]
-        qu: list[list[np.ndarray]] = [[] for _ in names]
-        for batch in _batches(args.calib, model, size, args.batch_size):
-            for i, (f, q) in enumerate(zip(sess.run(None, batch), report.run(batch), strict=True)):
-                fl[i].append(f)
-                qu[i].append(q)
-        merged_f, merged_q = [np.concatenate(x) for x in fl], [np.concatenate(x) for x in qu]
-        print("  agreement with the float model on the calibration data:")
-        for line in agreement(merged_f, merged_q, names):
-            print("  " + line)
-        collapsed = [(n, c) for n, f, q in zip(names, merged_f, merged_q, strict=True)
-                     if (c := mean_cosine(f, q)) < QUALITY_FLOOR]  # fmt: skip
-        if collapsed:
-            problem = _collapse(model, t, collapsed, lambda: _batches(args.calib, model, size, args.batch_size))
-            if not getattr(args, "accept_low_accuracy", False):
-                for p in written:
-                    shutil.rmtree(p, ignore_errors=True)
-                raise QuantirError(f"{problem}; no artifact was written. To keep it anyway, rerun with "
-                                   "--accept-low-accuracy")  # fmt: skip
-            print(f"  WARNING (accepted with --accept-low-accuracy): {problem}")
+    with _removed_on_failure(written, created):
+        for t, path in zip(targets, written, strict=True):
+            feed = next(_batches(args.calib, model, size, args.batch_size))
+            report = verify_fresh(t, path, feed)
+            print(f"{t}: {path}")
+            print(f"  int8 kernel coverage: {report.coverage_text()}")
+            sess = _float_session(Path(args.model))
+            names = [o.name for o in sess.get_outputs()]
+            fl: list[list[np.ndarray]] = [[] for _ in names]
+            qu: list[list[np.ndarray]] = [[] for _ in names]
+            for batch in _batches(args.calib, model, size, args.batch_size):
+                for i, (f, q) in enumerate(zip(sess.run(None, batch), report.run(batch), strict=True)):
+                    fl[i].append(f)
+                    qu[i].append(q)
+            merged_f, merged_q = [np.concatenate(x) for x in fl], [np.concatenate(x) for x in qu]
+            print("  agreement with the float model on the calibration data:")
+            for line in agreement(merged_f, merged_q, names):
+                print("  " + line)
+            collapsed = [(n, c) for n, f, q in zip(names, merged_f, merged_q, strict=True)
+                         if (c := mean_cosine(f, q)) < QUALITY_FLOOR]  # fmt: skip
+            if collapsed:
+                problem = _collapse(model, t, collapsed, lambda: _batches(args.calib, model, size, args.batch_size))
+                if not getattr(args, "accept_low_accuracy", False):
+                    raise QuantirError(f"{problem}; the artifacts were removed. To keep them anyway, rerun with "
+                                       "--accept-low-accuracy")  # fmt: skip
+                print(f"  WARNING (accepted with --accept-low-accuracy): {problem}")
     return 0
 
 
