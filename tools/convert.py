@@ -28,6 +28,7 @@ from quantir.backends.registry import backend_names, get_backend
 from quantir.compiler.api import convert, prepare
 from quantir.compiler.calibration.data import feeds
 from quantir.compiler.config.quant_config import StaticQuantConfig, load_config
+from quantir.compiler.passes.calibrate import budget_batch
 from quantir.compiler.quantized_model import QuantizedModel
 from quantir.ir import QuantirError
 
@@ -106,6 +107,10 @@ def _removed_on_failure(written: list[Path], created: Path | None) -> Iterator[N
 
 
 def _batches(data: Any, model: QuantizedModel, size: int, batch: int | None) -> Iterator[dict[str, np.ndarray]]:
+    """The calibration data again, for the checks: in `--batch-size` batches, else in batches whose tensors fit the
+    budget calibration measured (a detector's batch of 32 would take gigabytes in three sessions at once)."""
+    if batch is None:
+        batch = budget_batch(model.ctx.calibration)
     yield from feeds(data, model.ir, sampling_size=size, batch_size=batch)
 
 

@@ -75,11 +75,13 @@ def _join_connects_int8(node: Node, caps: CapabilityTable, wants: dict[Node, boo
 
 
 def _read_quantized(v: Value, caps: CapabilityTable, wants: dict[Node, bool], depth: int = 0) -> bool:
-    """Whether a reader of `v` will be quantized: a unit that wants quantization, looking through data movement."""
+    """Whether a reader of `v` will be quantized: a unit that wants quantization, looking through data movement and
+    through activations (a Relu/Clip quantized for no int8 reader, like the gate of a decomposed hard-swish, only
+    adds rounding)."""
     for reader in v.users():
         if not wants.get(reader, False):
             continue
-        if caps.units.get(reader.op_type) is not UnitKind.DROP:
+        if caps.units.get(reader.op_type) not in (UnitKind.DROP, UnitKind.ABSORBED):
             return True
         out = reader.outputs[0] if reader.outputs else None
         if depth < 16 and out is not None and _read_quantized(out, caps, wants, depth + 1):

@@ -26,7 +26,36 @@ from quantir.compiler.pass_manager import PassContext, PassResult, Range, regist
 from quantir.ir import CalibrationError, Graph, QuantSpec, Scheme, TensorType, Value
 from quantir.ir.clone import clone_graph
 
-__all__ = ["Calibrate", "Calibrator", "calibrate_stream", "for_specs", "observed_values"]
+__all__ = [
+    "FETCH_BUDGET_BYTES",
+    "Calibrate",
+    "Calibrator",
+    "budget_batch",
+    "calibrate_stream",
+    "for_specs",
+    "observed_values",
+]
+
+
+FETCH_BUDGET_BYTES = 256 << 20
+"""Calibration exposes every observed tensor of a batch at once; a batch whose tensors would take more runs in slices
+(a detector at 480x480 fetches about 130 MB per image: a batch of 32 took 4.5 GB)."""
+
+
+def budget_batch(stats: dict[str, Any], default: int = 32) -> int | None:
+    """A batch size for running the model again over its calibration data (verification) within
+    `FETCH_BUDGET_BYTES`, from calibration's `stats()`; None where the model's batch is fixed or nothing was
+    measured (the data's own batching applies)."""
+    per_sample = int(stats.get("sample_bytes") or 0)
+    if not stats.get("batch_splits") or per_sample <= 0:
+        return None
+    return max(1, min(default, FETCH_BUDGET_BYTES // per_sample))
+
+
+def _rows_of(feed: dict[str, np.ndarray]) -> int | None:
+    """The common leading size of every array of `feed`, or None."""
+    sizes = {v.shape[0] if isinstance(v, np.ndarray) and v.ndim else None for v in feed.values()}
+    return next(iter(sizes)) if len(sizes) == 1 else None
 
 
 def observed_values(graph: Graph) -> list[Value]:
@@ -67,6 +96,14 @@ class Calibrator:
         the unit in which backends' outputs are compared."""
         self.samples = 0
         self.seconds = 0.0
+        self.sample_bytes: int | None = None
+        """The largest bytes of fetched tensors per sample seen so far (sizes the slices of a large batch)."""
+        self.batch_splits = all(
+            isinstance(v.type, TensorType) and v.type.shape is not None and len(v.type.shape) > 0
+            and not isinstance(v.type.shape[0], int)
+            for v in graph.inputs
+        )  # fmt: skip
+        """Every input has a symbolic leading (batch) axis, so a batch may run in slices of samples."""
         model_graph, vmap = clone_graph(graph)
         for v in model_graph.values():
             v.quant = None
@@ -87,8 +124,24 @@ class Calibrator:
             self.failed.setdefault(name, e)
             del observers[key]
 
-    def observe(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Run one validated batch; update observers; return the model's own outputs."""
+    def observe(self, feed: dict[str, np.ndarray], *, outputs: bool = True) -> list[np.ndarray]:
+        """Run one validated batch; update observers; return the model's own outputs (`outputs=False`: return
+        nothing, and run a batch whose exposed tensors would pass `FETCH_BUDGET_BYTES` in slices of samples, which
+        no statistic depends on)."""
+        rows = _rows_of(feed) if self.batch_splits and not outputs else None
+        if rows is None or rows <= 1:
+            return self._observe(feed)
+        start = 0
+        if self.sample_bytes is None:  # measure one sample first
+            self._observe({k: v[:1] for k, v in feed.items()})
+            start = 1
+        assert self.sample_bytes is not None
+        step = max(1, FETCH_BUDGET_BYTES // max(1, self.sample_bytes))
+        for i in range(start, rows, step):
+            self._observe({k: v[i : i + step] for k, v in feed.items()})
+        return []
+
+    def _observe(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         t0 = time.perf_counter()
         try:
             results = self.session.run(self.fetch, feed)
@@ -107,7 +160,10 @@ class Calibrator:
             except CalibrationError:  # e.g. -inf logits: the output simply gets no step
                 del self.output_observers[name]
         first = next(iter(feed.values())) if feed else None
-        self.samples += int(first.shape[0]) if first is not None and first.ndim else 1
+        count = int(first.shape[0]) if first is not None and first.ndim else 1
+        self.samples += count
+        per_sample = sum(int(r.nbytes) for r in results if isinstance(r, np.ndarray)) // max(1, count)
+        self.sample_bytes = max(self.sample_bytes or 0, per_sample)
         self.seconds += time.perf_counter() - t0
         return [by_name[n] for n in self.output_names]
 
@@ -156,7 +212,8 @@ class Calibrator:
     def stats(self) -> dict[str, Any]:
         nbytes = sum(o.nbytes for o in self.minmax.values()) + sum(o.nbytes for o in self.histograms.values())
         nbytes += sum(o.nbytes for o in self.channels.values())
-        return {"samples": self.samples, "seconds": self.seconds, "observer_bytes": nbytes}
+        return {"samples": self.samples, "seconds": self.seconds, "observer_bytes": nbytes,
+                "sample_bytes": self.sample_bytes or 0, "batch_splits": self.batch_splits}  # fmt: skip
 
 
 def for_specs(graph: Graph) -> dict[str, Any]:
@@ -178,7 +235,7 @@ def calibrate_stream(calibrator: Calibrator, data: Any, graph: Graph, sampling_s
     try:
         for feed in feeds(data, graph, sampling_size=sampling_size, batch_size=batch_size):
             before = calibrator.samples
-            calibrator.observe(feed)
+            calibrator.observe(feed, outputs=False)
             bar.update(calibrator.samples - before)
     finally:
         bar.close()

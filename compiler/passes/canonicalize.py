@@ -1,8 +1,8 @@
-"""`canonicalize`: fold inference-mode BatchNormalization and a per-channel constant Add (a bias exported as its own
-node, as Paddle does) into the preceding Conv/Gemm (the conv keeps its provenance and parameter names), remove
-Dropout and Identity. Rules are a table keyed by op type; each rule
-either rewrites and returns None, or returns why it did not apply (for the debug log), mutating nothing
-before it has decided.
+"""`canonicalize`: fold inference-mode BatchNormalization, a per-channel constant Add (a bias exported as its own
+node, as Paddle does) and a per-channel constant Mul (the learnable scale of re-parameterized blocks) into the
+preceding Conv/Gemm (the conv keeps its provenance and parameter names; its output takes the folded node's name),
+remove Dropout and Identity. Rules are a table keyed by op type; each rule either rewrites and returns None, or
+returns why it did not apply (for the debug log), mutating nothing before it has decided.
 """
 
 from __future__ import annotations
@@ -32,8 +32,10 @@ def _knows_more(a: object, b: object) -> bool:
     return b is None or (isinstance(b, TensorType) and a.dtype == b.dtype and b.shape is None)
 
 
-def _forward(graph: Graph, node: Node, source: Value) -> str | None:
-    """Make every reader of the node's first output read `source` instead, then erase the node."""
+def _forward(graph: Graph, node: Node, source: Value, *, takes_name: bool = False) -> str | None:
+    """Make every reader of the node's first output read `source` instead, then erase the node. `takes_name`:
+    `source` now computes what the node's output did (a folded node), so it takes that name, which keeps names
+    meaning the same tensor as in the source model (`quantir layers --float` compares by name)."""
     out = node.outputs[0]
     if out is None:
         return "no output"
@@ -51,6 +53,8 @@ def _forward(graph: Graph, node: Node, source: Value) -> str | None:
         return None
     out.replace_all_uses_with(source)
     graph.erase(node)
+    if takes_name:
+        source.name, out.name = out.name, source.name
     return None
 
 
@@ -106,32 +110,51 @@ def _producer_weights(graph: Graph, bn: Node, data: int = 0) -> tuple[Node, int,
 
 
 def _fold_batchnorm(graph: Graph, bn: Node) -> str | None:
-    found = _producer_weights(graph, bn)
+    params = _bn_params(bn)
+    return params if isinstance(params, str) else _fold_affine(graph, bn, 0, *params)
+
+
+def _fold_affine(
+    graph: Graph, node: Node, data: int, mult: np.ndarray | None, shift: np.ndarray | None, named: Value | None = None
+) -> str | None:
+    """Fold `node` (y = x * mult + shift per output channel, x its input `data`) into the Conv/Gemm producing x:
+    the weights are scaled by `mult` and the bias becomes bias * mult + shift. A bias the Conv/Gemm did not have
+    takes the name of `named` (the folded node's constant), else its weight's."""
+    found = _producer_weights(graph, node, data)
     if isinstance(found, str):
         return found
     prod, w_idx, axis, b_idx = found
-    params = _bn_params(bn)
-    if isinstance(params, str):
-        return params
-    mult, shift = params
     w_val = prod.inputs[w_idx]
     w = _const(w_val)
     if w is None or w_val is None or w_val.dtype not in (DType.F32, DType.F64, DType.F16):
         return f"the {prod.op_type} weight is not a float constant"
+    channels = w.shape[axis]
     b_val = prod.inputs[b_idx] if len(prod.inputs) > b_idx else None
-    b = _const(b_val) if b_val is not None else np.zeros(w.shape[axis])
-    if b is None:
-        return f"the {prod.op_type} bias is not a constant"
+    b = _const(b_val) if b_val is not None else np.zeros(channels, w.dtype)
+    if b is None or b.shape != (channels,):
+        return f"the {prod.op_type} bias is not a constant per output channel"
+    scale, offset = _per_channel(mult, channels, 1.0), _per_channel(shift, channels, 0.0)
+    if scale is None or offset is None:
+        return f"its constants do not match the {channels} output channels"
     beta = float(prod.attr("beta", 1.0)) if prod.op_type == "Gemm" else 1.0  # type: ignore[arg-type]
-    if b_val is not None and b.shape != (w.shape[axis],):
-        return f"the {prod.op_type} bias is not per output channel"
-    shape = [1] * w.ndim
-    shape[axis] = -1
-    new_w = (w.astype(np.float64) * mult.reshape(shape)).astype(w.dtype)
-    new_b = ((b.astype(np.float64) * beta) * mult + shift).astype(w.dtype)
-    prod.set_input(w_idx, _replacement(graph, w_val, new_w))
-    bias_value = _replacement(graph, b_val, new_b) if b_val is not None else _new_bias(graph, w_val, new_b)
-    return _take_bias(graph, prod, b_idx, bias_value, bn)
+    if mult is not None:
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        prod.set_input(w_idx, _replacement(graph, w_val, (w.astype(np.float64) * scale.reshape(shape)).astype(w.dtype)))
+    if b_val is None and shift is None:
+        return _forward(graph, node, prod.output(), takes_name=True)  # a scale alone: no bias to make
+    new_b = ((b.astype(np.float64) * beta) * scale + offset).astype(w.dtype)
+    if b_val is not None or named is not None:
+        bias_value = _replacement(graph, b_val if b_val is not None else named, new_b)  # type: ignore[arg-type]
+    else:
+        bias_value = _new_bias(graph, w_val, new_b)
+    return _take_bias(graph, prod, b_idx, bias_value, node)
+
+
+def _per_channel(v: np.ndarray | None, channels: int, default: float) -> np.ndarray | None:
+    """`v` (a scalar or one value per channel) as a float64 vector of `channels`; None if it has another size."""
+    flat = np.full(1, default) if v is None else np.asarray(v, np.float64).reshape(-1)
+    return np.broadcast_to(flat, (channels,)) if flat.size in (1, channels) else None
 
 
 def _take_bias(graph: Graph, prod: Node, b_idx: int, bias: Value, folded: Node) -> str | None:
@@ -140,44 +163,49 @@ def _take_bias(graph: Graph, prod: Node, b_idx: int, bias: Value, folded: Node) 
         prod.append_input(None)
     prod.set_input(b_idx, bias)
     prod.attrs.pop("beta", None)
-    return _forward(graph, folded, prod.output())
+    return _forward(graph, folded, prod.output(), takes_name=True)
 
 
-def _fold_bias_add(graph: Graph, add: Node) -> str | None:
-    """Conv/Gemm -> Add(constant that varies only along the output channel) becomes the Conv/Gemm's bias. Left as
-    an Add, the constant would be quantized as an activation and the Conv's output requantized before it."""
-    if len(add.inputs) != 2 or add.inputs[0] is None or add.inputs[1] is None:
+def _channel_constant(graph: Graph, node: Node) -> tuple[int, np.ndarray] | str:
+    """For a binary node reading a Conv/Gemm output and a constant that varies only along the output channel:
+    (the data input's index, the constant)."""
+    if len(node.inputs) != 2 or node.inputs[0] is None or node.inputs[1] is None:
         return "it does not have two inputs"
-    consts = [_const(v) for v in add.inputs]
+    consts = [_const(v) for v in node.inputs]
     side = 1 if consts[1] is not None else 0 if consts[0] is not None else -1
     if side < 0:
         return "neither input is a constant"
     c = consts[side]
     assert c is not None
-    found = _producer_weights(graph, add, data=1 - side)
+    found = _producer_weights(graph, node, data=1 - side)
     if isinstance(found, str):
         return found
-    prod, w_idx, axis, b_idx = found
-    w_val = prod.inputs[w_idx]
-    w = _const(w_val)
-    if w is None or w_val is None or w_val.dtype not in (DType.F32, DType.F64, DType.F16) or c.dtype != w.dtype:
-        return f"the {prod.op_type} weight is not a float constant of the constant's dtype"
+    prod, w_idx, axis, _ = found
+    w = _const(prod.inputs[w_idx])
+    if w is None or c.dtype != w.dtype:
+        return f"the {prod.op_type} weight is not a constant of the constant's dtype"
     rank = w.ndim if prod.op_type == "Conv" else 2
-    channels = w.shape[axis]
     shape = (1,) * (rank - c.ndim) + c.shape
-    if c.ndim > rank or any(d != 1 for i, d in enumerate(shape) if i != 1) or shape[1] not in (1, channels):
+    if c.ndim > rank or any(d != 1 for i, d in enumerate(shape) if i != 1) or shape[1] not in (1, w.shape[axis]):
         return f"the constant's shape {list(c.shape)} varies along more than the output channel"
-    b_val = prod.inputs[b_idx] if len(prod.inputs) > b_idx else None
-    b = _const(b_val) if b_val is not None else np.zeros(channels, w.dtype)
-    if b is None or b.shape != (channels,):
-        return f"the {prod.op_type} bias is not a constant per output channel"
-    beta = float(prod.attr("beta", 1.0)) if prod.op_type == "Gemm" else 1.0  # type: ignore[arg-type]
-    new_b = (b.astype(np.float64) * beta + np.broadcast_to(c.astype(np.float64).reshape(-1), (channels,))).astype(
-        w.dtype
-    )
-    add_val = add.inputs[side]
-    assert add_val is not None
-    return _take_bias(graph, prod, b_idx, _replacement(graph, b_val if b_val is not None else add_val, new_b), add)
+    return 1 - side, c
+
+
+def _fold_bias_add(graph: Graph, add: Node) -> str | None:
+    """Conv/Gemm -> Add(constant that varies only along the output channel) becomes the Conv/Gemm's bias. Left as
+    an Add, the constant would be quantized as an activation and the Conv's output requantized before it."""
+    found = _channel_constant(graph, add)
+    if isinstance(found, str):
+        return found
+    return _fold_affine(graph, add, found[0], None, found[1], named=add.inputs[1 - found[0]])
+
+
+def _fold_scale_mul(graph: Graph, mul: Node) -> str | None:
+    """Conv/Gemm -> Mul(constant that varies only along the output channel), e.g. the learnable scale of a
+    re-parameterized block, scales the weights and bias. Left as a Mul, the Conv's output would be requantized
+    before and after it."""
+    found = _channel_constant(graph, mul)
+    return found if isinstance(found, str) else _fold_affine(graph, mul, found[0], found[1], None)
 
 
 def _replacement(graph: Graph, old: Value, data: np.ndarray) -> Value:
@@ -200,6 +228,7 @@ _RULES: dict[str, Rule] = {
     "BatchNormalization": _fold_batchnorm,
     "Dropout": _remove_dropout,
     "Identity": _remove_identity,
+    "Mul": _fold_scale_mul,
 }
 
 

@@ -120,9 +120,11 @@ def test_bundled_model_folds_all_batchnorms_and_keeps_accuracy() -> None:
     assert (after.argmax(1) == before.argmax(1)).all()
 
 
-def _conv_add_graph(const_shape: tuple[int, ...], *, conv_bias: bool, second_reader: bool = False) -> Graph:
+def _conv_add_graph(
+    const_shape: tuple[int, ...], *, conv_bias: bool, second_reader: bool = False, op: str = "Add"
+) -> Graph:
     """x -> Conv -> Add(constant) -> Relu, the bias exported as its own node (Paddle's `conv*_offset`), optionally
-    with another reader of the Conv's output."""
+    with another reader of the Conv's output; `op="Mul"`: a learnable scale instead (`mobile_one_block.w_0`)."""
     g = Graph("convadd", opset_imports={"": 17})
     x = Value("x", TensorType(F32, ("N", 3, 5, 5)))
     g.inputs.append(x)
@@ -130,7 +132,7 @@ def _conv_add_graph(const_shape: tuple[int, ...], *, conv_bias: bool, second_rea
     conv = g.append(Node("Conv", ins, [Value("c", TensorType(F32, ("N", 4, 5, 5)))], name="conv",
                          source=SourceInfo("conv1", "torch.nn.Conv2d")))  # fmt: skip
     offset = _c(g, "conv1_offset", *const_shape)
-    add = g.append(Node("Add", [conv.output(), offset], [Value("a", conv.output().type)], name="add"))
+    add = g.append(Node(op, [conv.output(), offset], [Value("a", conv.output().type)], name=op.lower()))
     relu = g.append(Node("Relu", [add.output()], [Value("y", conv.output().type)]))
     g.outputs.append(relu.output())
     if second_reader:
@@ -179,3 +181,37 @@ def test_gemm_with_a_row_constant_add_takes_it_as_bias() -> None:
     assert [n.op_type for n in g.nodes] == ["Gemm"] and "beta" not in g.nodes[0].attrs
     assert g.outputs[0].name == "y"
     np.testing.assert_allclose(_run(g, xs), before, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("shape", "conv_bias"), [((1, 4, 1, 1), True), ((1,), False), ((4, 1, 1), False)])
+def test_a_per_channel_constant_mul_scales_the_conv(shape: tuple[int, ...], conv_bias: bool) -> None:
+    g = _conv_add_graph(shape, conv_bias=conv_bias, op="Mul")
+    x = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
+    before = _run(g, x)
+    PassManager([Canonicalize()]).run(g)
+    assert [n.op_type for n in g.nodes] == ["Conv", "Relu"]
+    conv = g.nodes[0]
+    assert len(conv.inputs) == (3 if conv_bias else 2)  # a scale alone adds no bias
+    assert conv.inputs[1] is not None and conv.inputs[1].name == "conv1.weight"
+    np.testing.assert_allclose(_run(g, x), before, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_mul_add_chain_folds_into_one_conv() -> None:
+    """Paddle's re-parameterized block: Conv -> Mul(scale) -> Add(offset), both scalars."""
+    g = _conv_add_graph((1,), conv_bias=True, op="Mul")
+    relu = g.nodes[-1]
+    add = g.insert_before(relu, Node("Add", [relu.inputs[0], _c(g, "offset", 1)], [Value("b", relu.inputs[0].type)]))
+    relu.set_input(0, add.output())
+    x = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
+    before = _run(g, x)
+    PassManager([Canonicalize()]).run(g)
+    assert [n.op_type for n in g.nodes] == ["Conv", "Relu"]
+    np.testing.assert_allclose(_run(g, x), before, rtol=1e-5, atol=1e-5)
+
+
+def test_a_mul_by_a_spatial_constant_is_kept() -> None:
+    g = _conv_add_graph((1, 1, 5, 5), conv_bias=True, op="Mul")
+    ctx = PassContext()
+    PassManager([Canonicalize()]).run(g, ctx)
+    assert [n.op_type for n in g.nodes] == ["Conv", "Mul", "Relu"]
+    assert any("'mul'" in n and "varies along more than the output channel" in n for n in ctx.notes), ctx.notes
