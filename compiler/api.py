@@ -21,6 +21,7 @@ from quantir.compiler.pass_manager import Pass, PassContext, PassManager, PrintM
 from quantir.compiler.passes import Annotate, Canonicalize, ComputeQParams, EliminateDeadCode, FoldConstants
 from quantir.compiler.passes.calibrate import Calibrator, calibrate_stream, for_specs, observed_values
 from quantir.compiler.passes.smooth_quant import SmoothQuant, select_smoothing_targets, smoothable_inputs
+from quantir.compiler.recipes import smooth_quant_plan
 from quantir.compiler.qparams.output_steps import float_output_steps
 from quantir.compiler.qparams.scales import Convention
 from quantir.compiler.quantized_model import QuantizedModel
@@ -123,7 +124,7 @@ class PreparedModel:
             widest = self._annotated if self.config == default else self.annotate(default)[0]
             candidates = [v.name for v in observed_values(widest)]
             histograms = [*needed["histograms"], *candidates] if needed["histograms"] else []  # the config uses one
-            smooth = smoothable_inputs(self.graph) if self.config.smooth_quant else []
+            smooth = smoothable_inputs(self.graph) if smooth_quant_plan(self.config, self.graph).enabled else []
             channels = [*needed["channels"], *((n, -1) for n in smooth)]
             self._calibrator = Calibrator(self.graph, [*needed["observe"], *candidates], histograms=histograms,
                                           channels=list(dict.fromkeys(channels)),
@@ -194,17 +195,22 @@ def convert(prepared: PreparedModel, quant_config: StaticQuantConfig | None = No
     ctx.calibration = calibrator.stats()
     name = get_backend(prepared.backend).convention
     passes: list[Pass] = [ComputeQParams(convention=name)]
-    if cfg.smooth_quant:
+    smooth = smooth_quant_plan(cfg, prepared.graph)
+    if smooth.enabled:
         ctx.smooth_targets = select_smoothing_targets(graph)
         ctx.channel_ranges = calibrator.channel_ranges(ctx.smooth_targets)
         missing = [n for n in ctx.smooth_targets if n not in ctx.channel_ranges]
         if missing:
             raise CalibrationError(
                 f"SmoothQuant needs per-channel ranges of {len(missing)} MatMul/Gemm input(s) (first: %{missing[0]}), "
-                "which calibration collects only when prepare's config has smooth_quant=True; prepare with it, then "
-                "convert with any config"
+                "which calibration collects only when prepare's config turns SmoothQuant on (smooth_quant=True, or "
+                "None on a model with transformer blocks); prepare with it, then convert with any config"
             )
-        passes.insert(0, SmoothQuant(alpha=cfg.smooth_quant_alpha))
+        passes.insert(0, SmoothQuant(alpha=smooth.alpha))
+        ctx.recipes.append(f"SmoothQuant alpha={smooth.alpha:g} on {len(ctx.smooth_targets)} activation(s): "
+                           f"{smooth.reason}")  # fmt: skip
+    else:
+        ctx.recipes.append(f"no SmoothQuant: {smooth.reason}")
     PassManager(passes, print_ir_after=prepared.print_ir_after).run(graph, ctx)
     steps = float_output_steps(graph, calibrator.output_ranges(), Convention[name.upper()])
     if steps:

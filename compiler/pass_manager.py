@@ -59,6 +59,8 @@ class PassContext:
 
     notes: list[str] = field(default_factory=list)
     """Human-readable remarks passes leave for the report."""
+    recipes: list[str] = field(default_factory=list)
+    """Model-wide choices made for the config (e.g. SmoothQuant turned on by transformer blocks), with reasons."""
     decisions: dict[str, OpDecision] = field(default_factory=dict)
     """Per node, by its name (`node_label`), whether it is quantized and why (annotate, later passes overwrite)."""
     ranges: dict[str, Range] = field(default_factory=dict)

@@ -91,6 +91,7 @@ class QuantizedModel:
             "config": self.config.to_dict(),
             "calibration": self.ctx.calibration,
             "reduce_range": self.ctx.reduce_range,
+            "recipes": self.ctx.recipes,
             "decisions": [d.to_json() for d in legal.decisions],
             "legalize": legal.report,
         }

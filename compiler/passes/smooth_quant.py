@@ -65,7 +65,7 @@ def select_smoothing_targets(graph: Graph) -> dict[str, list[Node]]:
         spec = x.quant
         if not isinstance(spec, QuantSpec) or spec.granularity.kind is not GranularityKind.PER_TENSOR:
             continue
-        if spec.observer != "minmax" or not isinstance(x.type, TensorType) or not x.type.rank:
+        if not isinstance(x.type, TensorType) or not x.type.rank:
             continue
         targets.setdefault(x.name, []).append(node)
     return targets

@@ -95,11 +95,11 @@ def test_histogram_statistics_serve_any_algorithm(digits: DigitsSplit) -> None:
 def test_an_algorithm_prepare_did_not_collect_is_a_clear_error(digits: DigitsSplit) -> None:
     from quantir.compiler import StaticQuantConfig, convert
 
-    prepared = _prepared(StaticQuantConfig(), digits)
+    prepared = _prepared(StaticQuantConfig(act_algo="minmax"), digits)
     with pytest.raises(CalibrationError, match=r"needs a 'kl' range, but calibration collected no histogram"):
         convert(prepared, StaticQuantConfig(act_algo="kl"))
     with pytest.raises(CalibrationError, match=r"SmoothQuant needs per-channel ranges of 2 MatMul/Gemm input"):
-        convert(prepared, StaticQuantConfig(smooth_quant=True))
+        convert(prepared, StaticQuantConfig(smooth_quant=True, act_algo="minmax"))
     smooth = _prepared(StaticQuantConfig(smooth_quant=True), digits)  # collects them; plain configs work too
     for cfg in (StaticQuantConfig(smooth_quant=True, smooth_quant_alpha=0.8), _fallback_config()):
         got, fresh = convert(smooth, cfg), convert(_prepared(cfg, digits))

@@ -105,7 +105,7 @@ def _error(cfg: StaticQuantConfig, data: list[dict[str, np.ndarray]]) -> float:
 
 def test_smooth_quant_preserves_float_math_and_reduces_error() -> None:
     data = _data()
-    plain = _error(StaticQuantConfig(), data)
+    plain = _error(StaticQuantConfig(smooth_quant=False), data)
     smooth = _error(StaticQuantConfig(smooth_quant=True, smooth_quant_alpha=0.8), data)
     assert smooth < plain, (smooth, plain)
     q = quantize(_block(), StaticQuantConfig(smooth_quant=True, smooth_quant_alpha=0.8), data)
@@ -136,3 +136,53 @@ def test_smooth_quant_alone_is_exact_in_float() -> None:
     ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     batch = _data(1)[0]
     np.testing.assert_allclose(smoothed.run(None, batch)[0], ref.run(None, batch)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_the_default_turns_smooth_quant_on_for_transformer_blocks_and_says_why() -> None:
+    data = _data()
+    q = quantize(_block(), StaticQuantConfig(), data)
+    assert len(q.ctx.recipes) == 1
+    assert q.ctx.recipes[0].startswith("SmoothQuant alpha=0.95 on 2 activation(s)")
+    assert "transformer-style blocks (2 LayerNorm, 1 GELU)" in q.ctx.recipes[0]
+    assert q.manifest()["recipes"] == q.ctx.recipes
+    assert sum("SmoothQuant" in d.reason for d in q.decisions()) == 2
+    assert _error(StaticQuantConfig(), data) < _error(StaticQuantConfig(smooth_quant=False), data)
+
+
+def test_smooth_quant_false_turns_the_default_off_and_true_keeps_incs_alpha() -> None:
+    data = _data()
+    off = quantize(_block(), StaticQuantConfig(smooth_quant=False), data)
+    assert off.ctx.recipes == ["no SmoothQuant: smooth_quant=False"]
+    assert not any("SmoothQuant" in d.reason for d in off.decisions())
+    on = quantize(_block(), StaticQuantConfig(smooth_quant=True), data)
+    assert on.ctx.recipes[0].startswith("SmoothQuant alpha=0.5 ")  # INC's default alpha when asked explicitly
+
+
+def test_a_cnn_keeps_the_plain_recipe() -> None:
+    from quantir.tools.digits import bundled_model_path, load_digits_split
+
+    x = load_digits_split().calib_x[:64]
+    q = quantize(str(bundled_model_path()), StaticQuantConfig(), [{"x": x}])
+    assert q.ctx.recipes == ["no SmoothQuant: smooth_quant=None: no transformer-style block"]
+
+
+def test_attention_and_decomposed_layernorm_are_recognized() -> None:
+    from quantir.compiler.recipes import transformer_blocks
+    from quantir.frontends.onnx import import_onnx
+
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["mu"], axes=[-1], name="mean"),
+        helper.make_node("Sub", ["x", "mu"], ["xc"], name="centre"),
+        helper.make_node("Transpose", ["xc"], ["xt"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["xc", "xt"], ["scores"]),
+        helper.make_node("Div", ["scores", "d"], ["scaled"]),
+        helper.make_node("Softmax", ["scaled"], ["p"], axis=-1),
+        helper.make_node("MatMul", ["p", "xc"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "attn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, H])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, H])],
+        initializer=[numpy_helper.from_array(np.array(4.0, np.float32), "d")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert transformer_blocks(import_onnx(model)) == "1 LayerNorm, 1 attention Softmax"

@@ -18,7 +18,7 @@ from quantir.tools.cli import main
 from quantir.tools.digits import bundled_model_path, load_digits_split
 
 MODEL = str(bundled_model_path())
-DEFAULT_REASON = "global config -> weights int8 sym per_channel minmax, activations uint8 asym per_tensor minmax"
+DEFAULT_REASON = "global config -> weights int8 sym per_channel minmax, activations uint8 asym per_tensor mse"
 RELU_QUANTIZER = "; the Relu/Clip after it carries the output quantizer"
 
 
@@ -56,7 +56,8 @@ def test_convert_prints_summary_coverage_and_agreement(
     assert "Traceback" not in err
     lines = out.splitlines()
     assert re.fullmatch(rf"converted {re.escape(MODEL)} in \d+\.\d\d s \(100 calibration samples\)", lines[0])
-    assert lines[1] == "ops: 9 quantized, 4 float"
+    assert lines[1] == "recipe: no SmoothQuant: smooth_quant=None: no transformer-style block"
+    assert lines[2] == "ops: 9 quantized, 4 float"
     rows = _summary(out)
     assert sum(n for kind, n, _ in rows if kind == "int8") == 9
     assert sum(n for kind, n, _ in rows if kind == "float") == 4

@@ -20,7 +20,7 @@ from quantir.tools.digits import DigitsSplit, bundled_model_path, load_digits_sp
 
 
 def _quantize(digits: DigitsSplit, samples: int) -> QuantizedModel:
-    prepared = prepare(str(bundled_model_path()), StaticQuantConfig(), backend="onnx_qdq")
+    prepared = prepare(str(bundled_model_path()), StaticQuantConfig(act_algo="minmax"), backend="onnx_qdq")
     return convert(prepared.calibrate(digits.calib_x[:samples], sampling_size=samples))
 
 
