@@ -21,10 +21,10 @@ from quantir.compiler.pass_manager import Pass, PassContext, PassManager, PrintM
 from quantir.compiler.passes import Annotate, Canonicalize, ComputeQParams, EliminateDeadCode, FoldConstants
 from quantir.compiler.passes.calibrate import Calibrator, calibrate_stream, for_specs, observed_values
 from quantir.compiler.passes.smooth_quant import SmoothQuant, select_smoothing_targets, smoothable_inputs
-from quantir.compiler.recipes import smooth_quant_plan
 from quantir.compiler.qparams.output_steps import float_output_steps
 from quantir.compiler.qparams.scales import Convention
 from quantir.compiler.quantized_model import QuantizedModel
+from quantir.compiler.recipes import smooth_quant_plan
 from quantir.frontends.onnx import import_onnx
 from quantir.ir import CalibrationError, ConfigError, Graph, QuantirError
 from quantir.ir.clone import clone_graph

@@ -2,8 +2,8 @@
 
 SmoothQuant: `smooth_quant=None` (the default) applies it where the graph has transformer-style blocks, whose
 activation outliers (after LayerNorm and GELU, in attention outputs) per-tensor int8 cannot hold. On the real
-all-MiniLM-L6-v2 (held-out sentences, ONNX Runtime) α=0.95 reached embedding cos 0.9969 against 0.9888 without,
-and 0.5 (INC's default) less; 0.95 is also NNCF's transformer-preset α for MatMul. A CNN's classifier Gemm alone
+all-MiniLM-L6-v2 (held-out sentences, ONNX Runtime) alpha=0.95 reached embedding cos 0.9969 against 0.9888 without,
+and 0.5 (INC's default) less; 0.95 is also NNCF's transformer-preset alpha for MatMul. A CNN's classifier Gemm alone
 is no transformer block, so CNNs keep the plain recipe.
 """
 
@@ -60,7 +60,7 @@ def transformer_blocks(graph: Graph) -> str | None:
 
 
 def smooth_quant_plan(config: StaticQuantConfig, graph: Graph) -> SmoothPlan:
-    """Whether SmoothQuant runs for `config` on `graph`, with which α, and why."""
+    """Whether SmoothQuant runs for `config` on `graph`, with which alpha, and why."""
     if config.smooth_quant is False:
         return SmoothPlan(False, INC_SMOOTH_ALPHA, "smooth_quant=False")
     if config.smooth_quant:
