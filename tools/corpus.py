@@ -295,7 +295,8 @@ MODELS: tuple[CorpusModel, ...] = (
     CorpusModel("ddddocr-ocr", "ddddocr: captcha recognizer common.onnx, fixed batch 1, opset 12",
                 _from_wheel("ddddocr", "ddddocr/common.onnx"),
                 lambda n, s: {"input1": text_lines(n, s, 64, 160, 1)}, "top1", batch=1),
-    CorpusModel("ddddocr-ocr-old", "ddddocr: captcha recognizer common_old.onnx, fixed batch 1, opset 12",
+    CorpusModel("ddddocr-ocr-old", "ddddocr: captcha recognizer common_old.onnx, already dynamically quantized "
+                "(ConvInteger, DynamicQuantizeLSTM), fixed batch 1, opset 12",
                 _from_wheel("ddddocr", "ddddocr/common_old.onnx"),
                 lambda n, s: {"input1": text_lines(n, s, 64, 160, 1)}, "top1", batch=1),
     CorpusModel("ddddocr-det", "ddddocr: YOLOX-style detector common_det.onnx, fixed 1x3x416x416, opset 11",

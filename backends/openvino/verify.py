@@ -96,7 +96,7 @@ def _owner(rows: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
     """The heavy runtime node that lists IR node `name` (or one of its `name/...` parts) among its originals."""
     for row in rows:
         heavy = row["layer"] in COVERAGE_LAYERS or row["layer"] == FUSED_SUBGRAPH
-        if heavy and any(o == name or o.split("/")[0] == name for o in row["original"]):
+        if heavy and any(o == name or o.startswith(name + "/") for o in row["original"]):  # names may hold "/"
             return row
     return None
 

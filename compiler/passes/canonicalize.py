@@ -1,8 +1,9 @@
 """`canonicalize`: fold inference-mode BatchNormalization, a per-channel constant Add (a bias exported as its own
 node, as Paddle does) and a per-channel constant Mul (the learnable scale of re-parameterized blocks) into the
-preceding Conv/Gemm (the conv keeps its provenance and parameter names; its output takes the folded node's name),
-remove Dropout and Identity. Rules are a table keyed by op type; each rule either rewrites and returns None, or
-returns why it did not apply (for the debug log), mutating nothing before it has decided.
+preceding Conv/Gemm; a 2-D MatMul by a constant weight becomes a Gemm to take a bias. The conv keeps its provenance
+and parameter names; its output takes the folded node's name. Dropout and Identity are removed. Rules are a table
+keyed by op type; each rule either rewrites and returns None, or returns why it did not apply (for the debug log),
+mutating nothing before it has decided.
 """
 
 from __future__ import annotations
@@ -106,7 +107,19 @@ def _producer_weights(graph: Graph, bn: Node, data: int = 0) -> tuple[Node, int,
         return prod, 1, 0, 2
     if prod.op_type == "Gemm" and not prod.attr("transA", 0) and float(prod.attr("alpha", 1.0)) == 1.0:  # type: ignore[arg-type]
         return prod, 1, (0 if prod.attr("transB", 0) else 1), 2
-    return f"its producer is {prod.op_type}, not Conv or Gemm"
+    if prod.op_type == "MatMul" and _is_gemm_shaped(prod):
+        return prod, 1, 1, 2  # becomes a Gemm if it takes a bias (`_take_bias`)
+    return f"its producer is {prod.op_type}, not Conv, Gemm or a 2-D MatMul with a constant weight"
+
+
+def _is_gemm_shaped(matmul: Node) -> bool:
+    """A MatMul of a rank-2 activation by a constant 2-D weight: a Gemm without bias. With its bias Add folded it
+    must be one, or ONNX Runtime fuses MatMul+Add into a float Gemm before its QDQ fusion sees the MatMul."""
+    x, w = (*matmul.inputs, None, None)[:2]
+    return (
+        x is not None and isinstance(x.type, TensorType) and x.type.rank == 2 and x.const is None
+        and w is not None and w.const is not None and len(w.const.shape) == 2
+    )  # fmt: skip
 
 
 def _fold_batchnorm(graph: Graph, bn: Node) -> str | None:
@@ -159,6 +172,8 @@ def _per_channel(v: np.ndarray | None, channels: int, default: float) -> np.ndar
 
 def _take_bias(graph: Graph, prod: Node, b_idx: int, bias: Value, folded: Node) -> str | None:
     """Make `bias` the Conv/Gemm's bias (a Gemm's beta is folded into it), then remove `folded`."""
+    if prod.op_type == "MatMul":
+        prod.op_type = "Gemm"  # same math for a rank-2 input (`_is_gemm_shaped`), and it takes the bias
     while len(prod.inputs) <= b_idx:
         prod.append_input(None)
     prod.set_input(b_idx, bias)
