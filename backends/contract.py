@@ -252,6 +252,8 @@ class VerifyReport:
     """Float quantize/dequantize and float heavy ops left in the runtime's graph, where the runtime shows them."""
     disagreements: list[str] = field(default_factory=list)
     unmatched_kernels: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """What the emitter or runtime changed that lost no int8 kernel by itself (e.g. merged FakeQuantize)."""
     """Low-precision kernels whose name matches no quantized IR node."""
     runner: Runner | None = field(default=None, repr=False, compare=False)
 
@@ -303,6 +305,7 @@ class VerifyReport:
             lines.append("integer kernels: " + ", ".join(f"{k}={n}" for k, n in sorted(self.kernels.items())))
         if self.leftover:
             lines.append("left unfused:    " + ", ".join(f"{k}={n}" for k, n in sorted(self.leftover.items())))
+        lines += [f"note: {n}" for n in self.notes]
         rows: list[tuple[str, ...]] = [("node", "op", "module", "expected", "runtime", "precision", "int8")]
         rows += [(r.name, r.op_type, r.module, r.expected or "-", " ".join(filter(None, (r.actual, r.detail))) or "-",
                   r.precision or "-", "yes" if r.int8 else "NO") for r in self.nodes]  # fmt: skip

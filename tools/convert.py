@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from quantir.backends.contract import VerifyReport
+from quantir.backends.contract import HEAVY_OPS, VerifyReport
 from quantir.backends.onnx_proto import ort_session
 from quantir.backends.probe import probe
 from quantir.backends.registry import backend_names, get_backend
@@ -82,6 +82,17 @@ def verify_fresh(target: str, artifact: Path, feed: dict[str, np.ndarray]) -> Ve
     backend = get_backend(target)
     probe(backend, artifact, feed)
     return backend.verify(artifact, feed)
+
+
+def _print_runtime_notes(report: VerifyReport) -> None:
+    """The emitter's notes and the quantized Conv/MatMul/Gemm the runtime did not run in int8, by name."""
+    for note in report.notes:
+        print(f"  note: {note}")
+    lost = [r.name for r in report.missed if r.op_type in HEAVY_OPS]
+    if lost:
+        more = f" (and {len(lost) - 5} more)" if len(lost) > 5 else ""
+        print(f"  warning: {len(lost)} quantized Conv/MatMul/Gemm run float in {report.runtime}: "
+              f"{', '.join(lost[:5])}{more}")  # fmt: skip
 
 
 def _save_all(out: Path, targets: list[str], save: Callable[[Path, str], Path]) -> tuple[list[Path], Path | None]:
@@ -193,6 +204,7 @@ def run_retarget(args: argparse.Namespace, targets: list[str]) -> int:
             report = verify_fresh(t, path, feed)
             print(f"{t}: {path}")
             print(f"  int8 kernel coverage: {report.coverage_text()}")
+            _print_runtime_notes(report)
             if args.calib:
                 sess = _float_session(Path(args.model))
                 names = [o.name for o in sess.get_outputs()]
@@ -243,6 +255,7 @@ def run_convert(args: argparse.Namespace) -> int:
             report = verify_fresh(t, path, feed)
             print(f"{t}: {path}")
             print(f"  int8 kernel coverage: {report.coverage_text()}")
+            _print_runtime_notes(report)
             sess = _float_session(Path(args.model))
             names = [o.name for o in sess.get_outputs()]
             fl: list[list[np.ndarray]] = [[] for _ in names]

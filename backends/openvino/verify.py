@@ -101,6 +101,21 @@ def _owner(rows: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
     return None
 
 
+_RUNTIME_KINDS = {
+    "Conv": ("Convolution", "GroupConvolution"),
+    "ConvTranspose": ("Deconvolution",),
+    "MatMul": ("FullyConnected", "MatMul"),
+    "Gemm": ("FullyConnected", "MatMul"),
+}
+"""The CPU plugin's runtime layer types an IR op becomes."""
+
+
+def _unowned_heavy(rows: list[dict[str, Any]], owned: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Heavy runtime nodes (in execution order) that no IR node name claimed."""
+    taken = {id(r) for r in owned}
+    return [r for r in rows if r["layer"] in COVERAGE_LAYERS and id(r) not in taken]
+
+
 def verify_openvino(
     artifact_dir: str | os.PathLike[str], inputs: dict[str, np.ndarray], *, max_lsb: float = 1.0, max_rel: float = 2e-2
 ) -> VerifyReport:
@@ -117,11 +132,24 @@ def verify_openvino(
     compiled = runner.compiled
     rows = runtime_nodes(compiled)
     report = VerifyReport(backend=BACKEND, artifact=folder, runtime=RUNTIME, runner=runner)
-    for u in manifest.get("quantized_nodes", []):
-        row = _owner(rows, u["name"]) or {}
+    note = manifest.get("openvino", {}).get("patterns", {}).get("frontend_note")
+    if note:
+        report.notes.append(note)
+    units = manifest.get("quantized_nodes", [])
+    owners = [_owner(rows, u["name"]) for u in units]
+    spare = _unowned_heavy(rows, [o for o in owners if o is not None])
+    for u, row in zip(units, owners, strict=True):
+        how = ""
+        if row is None:  # the plugin renamed it (LPT names a fused conv after its Multiply): match by kind and order
+            row = next((r for r in spare if r["layer"] in _RUNTIME_KINDS.get(u["op_type"], ())), None)
+            if row is not None:
+                spare.remove(row)
+                how = " (matched by kind and order: the runtime node lost the IR name)"
+        row = row or {}
         precision, primitive = row.get("precision", ""), row.get("primitive", "")
         report.nodes.append(KernelRow(u["name"], u["op_type"], u.get("module", ""), "", row.get("layer", ""),
-                                      is_int8_primitive(precision, primitive), precision, primitive))  # fmt: skip
+                                      is_int8_primitive(precision, primitive), precision,
+                                      primitive + how))  # fmt: skip
     int8 = [r for r in rows if r["layer"] not in _NOT_KERNELS and is_int8_primitive(r["precision"], r["primitive"])]
     kernels = Counter(r["layer"] for r in int8)
     report.kernels = dict(kernels)

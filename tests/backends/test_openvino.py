@@ -1,6 +1,6 @@
 """The openvino backend's rules and failure modes, on the digits CNN's quantized IR with quant types edited to hit
 each rule: asymmetric weights, per-channel activations and unquantized inputs stay float with a reason; the
-emitter refuses a converter result without the int8 patterns and leaves nothing behind; targets are wired."""
+emitter refuses a converter result without any int8 pattern and leaves nothing behind; targets are wired."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def test_converter_without_int8_patterns_is_refused(model: QuantizedModel, tmp_p
     legal = model.legalized("openvino")
     emit_module = sys.modules["quantir.backends.openvino.emit"]  # the package attribute `emit` is the function
     monkeypatch.setattr(emit_module, "ov_pattern_counts", lambda m: {"FakeQuantize": 0, "int8_constants": 0})
-    with pytest.raises(SerializationError, match="int8 patterns"):
+    with pytest.raises(SerializationError, match="produced no int8 pattern"):
         emit(legal.graph, tmp_path / "out", manifest={})
     assert list(tmp_path.iterdir()) == []
 

@@ -91,7 +91,9 @@ def test_no_f16_weights_and_int8_patterns(artifact: Path) -> None:
         if op.get_type_name() == "FakeQuantize":
             assert op.get_attributes()["levels"] == 256
     doc = json.loads((artifact / "quantir.json").read_text())
-    assert doc["backend"] == "openvino" and doc["openvino"]["patterns"] == counts
+    patterns = doc["openvino"]["patterns"]
+    assert doc["backend"] == "openvino" and {k: patterns[k] for k in counts} == counts
+    assert patterns["expected_int8_constants"] == 4 and "frontend_note" not in patterns  # one FQ per activation
 
 
 def test_rt_info_carries_provenance(artifact: Path) -> None:
