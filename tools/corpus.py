@@ -228,6 +228,37 @@ def _vit_data(count: int, seed: int) -> dict[str, np.ndarray]:
     return {"pixel_values": ((x - 0.5) / 0.5).astype(np.float32)}
 
 
+def _digits32(count: int, seed: int) -> dict[str, np.ndarray]:
+    """Digit scans at 32x32, three channels, in [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    x = np.kron(_glyphs()[rng.integers(0, 1797, count)], np.ones((4, 4), np.float32))[:, None].repeat(3, axis=1)
+    return {"x": ((x - 0.5) / 0.5).astype(np.float32)}
+
+
+def _digit_rows(count: int, seed: int) -> dict[str, np.ndarray]:
+    """Digit scans as sequences: 8 rows of 8 pixels."""
+    rng = np.random.default_rng(seed)
+    return {"x": _glyphs()[rng.integers(0, 1797, count)].astype(np.float32)}
+
+
+def _from_torch(kind: str, data: Callable[[int, int], dict[str, np.ndarray]]) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        from quantir.tools.corpus_torch import export_module
+
+        export_module(kind, data(2, 0), path)
+
+    return write
+
+
+def _bert_data(count: int, seed: int) -> dict[str, np.ndarray]:
+    from quantir.tools.minilm import load_sentences, tokenize
+
+    sentences = load_sentences()
+    rng = np.random.default_rng(seed)
+    feed = tokenize([sentences[int(i)] for i in rng.integers(0, len(sentences), count)], GPT2_SEQ, fixed_length=True)
+    return {"input_ids": feed["input_ids"].astype(np.int64), "attention_mask": feed["attention_mask"].astype(np.int64)}
+
+
 def _gpt2_data(count: int, seed: int) -> dict[str, np.ndarray]:
     from quantir.tools.minilm import load_sentences, tokenize
 
@@ -254,6 +285,11 @@ def _export_transformer(kind: str) -> Callable[[Path], None]:
             vit.num_labels = 10
             model: torch.nn.Module = transformers.ViTForImageClassification(vit)
             inputs, names, out = _vit_data(2, 0), ["pixel_values"], "logits"
+        elif kind == "distilbert":
+            bert = transformers.DistilBertConfig(vocab_size=30522, max_position_embeddings=64, dim=64, n_layers=2,
+                                                 n_heads=4, hidden_dim=128)  # fmt: skip
+            model = transformers.DistilBertModel(bert)
+            inputs, names, out = _bert_data(2, 0), ["input_ids", "attention_mask"], "last_hidden_state"
         else:
             gpt2 = transformers.GPT2Config(vocab_size=30522, n_positions=64, n_embd=64, n_layer=2, n_head=4,
                                            use_cache=False, bos_token_id=0, eos_token_id=0)  # fmt: skip
@@ -265,15 +301,17 @@ def _export_transformer(kind: str) -> Callable[[Path], None]:
                 super().__init__()
                 self.inner = inner
 
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                return self.inner(x).logits  # type: ignore[no-any-return]
+            def forward(self, *x: torch.Tensor) -> torch.Tensor:
+                result = self.inner(*x)
+                return result.logits if hasattr(result, "logits") else result.last_hidden_state  # type: ignore[no-any-return]
 
         wrapped = Logits(model).eval()
-        example = (torch.from_numpy(inputs[names[0]]),)
+        example = tuple(torch.from_numpy(inputs[n]) for n in names)
+        batch = torch.export.Dim("batch")
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(wrapped, example, dynamo=True, optimize=False, input_names=names,
-                                        output_names=[out], dynamic_shapes=({0: torch.export.Dim("batch")},),
+                                        output_names=[out], dynamic_shapes=(tuple({0: batch} for _ in names),),
                                         verbose=False)  # fmt: skip
         assert program is not None
         program.save(str(path))
@@ -312,6 +350,16 @@ MODELS: tuple[CorpusModel, ...] = (
                 _export_transformer("vit"), _vit_data, "cosine"),
     CorpusModel("gpt2-tiny", "transformers GPT2LMHeadModel, causal mask, 2 layers, hidden 64, seeded weights",
                 _export_transformer("gpt2"), _gpt2_data, "top1"),
+    CorpusModel("distilbert-tiny", "transformers DistilBertModel, padding mask, 2 layers, dim 64, seeded weights",
+                _export_transformer("distilbert"), _bert_data, "cosine"),
+    CorpusModel("resnet-tiny", "torch ResNet-style CNN (BN, residual blocks, strided shortcut), seeded weights",
+                _from_torch("resnet", _digits32), _digits32, "top1"),
+    CorpusModel("mobilenet-tiny", "torch MobileNet-style CNN (depthwise, SE, hard-swish, residual, concat), seeded",
+                _from_torch("mobilenet", _digits32), _digits32, "top1"),
+    CorpusModel("unet-tiny", "torch UNet-style model (ConvTranspose, bilinear Resize, skip concats), seeded",
+                _from_torch("unet", _digits32), _digits32, "mask_iou"),
+    CorpusModel("recurrent-tiny", "torch GRU + LSTM over digit rows, seeded weights",
+                _from_torch("recurrent", _digit_rows), _digit_rows, "top1"),
 )  # fmt: skip
 
 
