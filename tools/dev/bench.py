@@ -465,7 +465,10 @@ def _environment() -> dict[str, Any]:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = "not installed"
-    return {"cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(), **versions}
+    from quantir.compiler.isa import detect_cpu
+
+    return {"cpu": detect_cpu().describe(), "cpu_count": os.cpu_count(), "machine": platform.machine(),
+            "python": platform.python_version(), **versions}  # fmt: skip
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -513,6 +516,8 @@ def main(argv_or_args: Sequence[str] | argparse.Namespace | None = None) -> int:
             print("[bench] digits: calibration-set robustness", file=sys.stderr, flush=True)
             results["digits_calibration_subsets"] = _calibration_subsets(work)
     results["ratios_quantir_over_ort"] = _ratios(results)
+    env = results["environment"]
+    print(f"CPU: {env['cpu']}, {env['cpu_count']} cores (every speed figure below is for this CPU)")
     print(_table(results, args.calib_factor))
     if "digits_calibration_subsets" in results:
         print("\n" + _subsets_table(results["digits_calibration_subsets"]) + "\n")

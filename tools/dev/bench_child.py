@@ -101,8 +101,11 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
         from quantir.compiler.config.quant_config import StaticQuantConfig
 
         start = time.perf_counter()
-        smooth = tool in ("quantir-sq", "quantir-sq-ov")
-        cfg = StaticQuantConfig(calibration_sampling_size=samples, smooth_quant=smooth, smooth_quant_alpha=SMOOTH_ALPHA)
+        if tool in ("quantir-sq", "quantir-sq-ov"):  # SmoothQuant forced on, with the transformer alpha
+            cfg = StaticQuantConfig(calibration_sampling_size=samples, smooth_quant=True,
+                                    smooth_quant_alpha=SMOOTH_ALPHA)
+        else:  # the default: SmoothQuant where the IR has transformer blocks (recorded in report.txt)
+            cfg = StaticQuantConfig(calibration_sampling_size=samples)
         quantized = quantize(src, cfg, stream())
         quantized.save(out_dir / "artifact", backend="openvino" if tool in OV_TOOLS else None)
         result["seconds"] = time.perf_counter() - start
