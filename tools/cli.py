@@ -320,9 +320,21 @@ def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _build_parser()
-    args = parser.parse_args(argv)
-    return _run(args.func, args)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    worker = None
+    if argv[:1] == ["convert"]:  # the crash probe's child starts first: its imports overlap the conversion
+        from quantir.backends.probe import ProbeWorker
+
+        worker = ProbeWorker()
+        worker.start()
+    try:
+        parser = _build_parser()
+        args = parser.parse_args(argv)
+        args.probe_worker = worker
+        return _run(args.func, args)
+    finally:
+        if worker is not None:
+            worker.close()
 
 
 if __name__ == "__main__":

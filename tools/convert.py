@@ -23,7 +23,7 @@ import numpy as np
 
 from quantir.backends.contract import HEAVY_OPS, VerifyReport
 from quantir.backends.onnx_proto import ort_session
-from quantir.backends.probe import probe
+from quantir.backends.probe import ProbeWorker, probe
 from quantir.backends.registry import backend_names, get_backend
 from quantir.compiler.api import convert, prepare
 from quantir.compiler.calibration.data import feeds
@@ -76,12 +76,32 @@ def agreement(float_outputs: list[np.ndarray], quant_outputs: list[np.ndarray], 
     return lines
 
 
-def verify_fresh(target: str, artifact: Path, feed: dict[str, np.ndarray]) -> VerifyReport:
-    """Verify an artifact just written: run it once in a child process first (`probe`), so that a runtime crash is
-    a `RuntimeCrashError` and not a dead process."""
+def verify_fresh(
+    target: str, artifact: Path, feed: dict[str, np.ndarray], worker: ProbeWorker | None = None
+) -> VerifyReport:
+    """Verify an artifact just written: run it once in a child process first (`worker`, else a child of its own), so
+    that a runtime crash is a `RuntimeCrashError` and not a dead process."""
     backend = get_backend(target)
-    probe(backend, artifact, feed)
+    if worker is None:
+        probe(backend, artifact, feed)
+    else:
+        worker.run(backend, artifact, feed)
     return backend.verify(artifact, feed)
+
+
+@contextmanager
+def _probe_worker(args: argparse.Namespace, targets: list[str]) -> Iterator[ProbeWorker]:
+    """The worker the CLI started first (`args.probe_worker`), else one of our own; the targets' loaders are
+    imported in it now, while this process converts."""
+    given = getattr(args, "probe_worker", None)
+    worker = given if isinstance(given, ProbeWorker) else ProbeWorker()
+    try:
+        for t in targets:
+            worker.preload(get_backend(t))
+        yield worker
+    finally:
+        if worker is not given:
+            worker.close()
 
 
 def _print_runtime_notes(report: VerifyReport) -> None:
@@ -163,7 +183,7 @@ def _probe_feed(model: QuantizedModel) -> dict[str, np.ndarray]:
     return feed
 
 
-def run_retarget(args: argparse.Namespace, targets: list[str]) -> int:
+def run_retarget(args: argparse.Namespace, targets: list[str], worker: ProbeWorker | None = None) -> int:
     """Convert an already-quantized (QDQ) model: no calibration; print where each target's rules differ from the
     source's and, with `--requantize-weights`, requantize the weights for the target."""
     from quantir.compiler.retarget import from_quantized, requantize, target_differences
@@ -201,7 +221,7 @@ def run_retarget(args: argparse.Namespace, targets: list[str]) -> int:
                 print(f"  note: {note}")
             size = args.sampling_size or 100
             feed = next(_batches(args.calib, m, size, args.batch_size)) if args.calib else _probe_feed(m)
-            report = verify_fresh(t, path, feed)
+            report = verify_fresh(t, path, feed, worker)
             print(f"{t}: {path}")
             print(f"  int8 kernel coverage: {report.coverage_text()}")
             _print_runtime_notes(report)
@@ -228,8 +248,13 @@ def run_convert(args: argparse.Namespace) -> int:
         except QuantirError:
             spelled = ", ".join(n.replace("_", "-") for n in known)
             raise QuantirError(f"--to {args.to}: unknown target; expected {spelled} or all") from None
-    if _has_qdq(args.model):
-        return run_retarget(args, targets)
+    with _probe_worker(args, targets) as worker:  # its child starts now, while this process converts
+        if _has_qdq(args.model):
+            return run_retarget(args, targets, worker)
+        return _convert_float(args, targets, worker)
+
+
+def _convert_float(args: argparse.Namespace, targets: list[str], worker: ProbeWorker) -> int:
     if not args.calib:
         raise QuantirError(
             f"{args.model} is a float model: quantizing it needs calibration data (--calib FILE.npz); only a model "
@@ -252,7 +277,7 @@ def run_convert(args: argparse.Namespace) -> int:
     with _removed_on_failure(written, created):
         for t, path in zip(targets, written, strict=True):
             feed = next(_batches(args.calib, model, size, args.batch_size))
-            report = verify_fresh(t, path, feed)
+            report = verify_fresh(t, path, feed, worker)
             print(f"{t}: {path}")
             print(f"  int8 kernel coverage: {report.coverage_text()}")
             _print_runtime_notes(report)
