@@ -42,6 +42,7 @@ __all__ = [
     "Runner",
     "ValueChange",
     "VerifyReport",
+    "WeightOnlyCapability",
     "compare_output",
     "format_table",
     "lazy",
@@ -103,6 +104,25 @@ class CapabilityTable:
         if cap is not None and cap.float_reason:
             return cap.float_reason
         return f"{op_type} has no integer kernel in {self.runtime}"
+
+
+@dataclass(frozen=True, slots=True)
+class WeightOnlyCapability:
+    """How a runtime runs weight-only quantized ops: float activations times low-bit weights that the kernel
+    dequantizes group by group along the reduction axis."""
+
+    kernel: str
+    """The runtime's kernel (for reports): `MatMulNBits`, `FullyConnected with compressed weights`."""
+    ops: frozenset[str]
+    """IR op types whose constant weight it runs in low bits."""
+    bits: tuple[int, ...]
+    """Weight widths it has kernels for."""
+
+    def bits_problem(self, bits: int, backend: str) -> str | None:
+        if bits in self.bits:
+            return None
+        widths = " or ".join(str(b) for b in self.bits)
+        return f"{backend} ({self.kernel}) runs weight-only kernels of {widths} bits, not {bits}; choose bits={widths}"
 
 
 # ---- decisions and the legalize report ------------------------------------------------------------------------------
@@ -379,6 +399,8 @@ class Backend:
     output-channel axis); None: the backend takes any weight type."""
     int32_bias: bool = False
     """Its fused kernels need the bias as int32 at s_x·s_w (a float source bias is quantized when retargeting)."""
+    weight_only: WeightOnlyCapability | None = None
+    """Its weight-only kernels (None: it runs none; weight-only configs are refused for it)."""
     folds_constant_math: str | None = None
     """Why its converter folds dequantized constants that no Conv/MatMul/Gemm reads as weight (None: it does not)."""
 

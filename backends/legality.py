@@ -7,14 +7,17 @@ from __future__ import annotations
 
 from collections.abc import Set
 
+from quantir.backends.contract import WeightOnlyCapability
 from quantir.ir import DType, GranularityKind, Node, QuantType, TensorType, Value
 
 __all__ = [
     "EIGHT_BIT",
     "activation_problem",
     "describe_params",
+    "is_grouped",
     "quant_type_of",
     "same_params",
+    "weight_only_problem",
     "weight_problem",
 ]
 
@@ -65,3 +68,28 @@ def same_params(a: QuantType, b: QuantType) -> bool:
     through an op without requantizing."""
     return (a.dtype == b.dtype and a.granularity == b.granularity and a.scale.tobytes() == b.scale.tobytes()
             and a.zero_point.tobytes() == b.zero_point.tobytes())  # fmt: skip
+
+
+_LOW_BIT = frozenset({DType.I4, DType.U4, DType.I8, DType.U8})
+
+
+def is_grouped(q: QuantType) -> bool:
+    """A weight quantized in groups: what weight-only quantization produces (per output channel is one group)."""
+    return q.granularity.kind is GranularityKind.PER_GROUP
+
+
+def weight_only_problem(node: Node, w: Value, q: QuantType, caps: WeightOnlyCapability, runtime: str) -> str | None:
+    """A weight-only unit (float activations) runs `caps.kernel` when the op is one it covers and the weight is a
+    4/8-bit type (`caps.bits`) in groups along the reduction axis: axis 0 of a MatMul's [K, N] weight."""
+    if node.op_type not in caps.ops:
+        return f"{node.op_type} has no weight-only kernel in {runtime} ({caps.kernel} covers {', '.join(caps.ops)})"
+    if q.dtype not in _LOW_BIT or q.dtype.bits not in caps.bits:
+        return f"weight %{w.name} is {q.dtype}; {caps.kernel} takes {'/'.join(map(str, caps.bits))}-bit weights"
+    g = q.granularity
+    if g.kind is not GranularityKind.PER_GROUP or g.axis is None:
+        return f"weight %{w.name} is quantized {g.kind.value}; {caps.kernel} takes weights in groups along K"
+    rank = w.type.rank if isinstance(w.type, TensorType) else None
+    if rank != 2 or g.axis % 2 != 0:
+        return (f"weight %{w.name} is grouped along axis {g.axis}; {caps.kernel} groups the reduction axis (0 of "
+                "a MatMul's [K, N] weight), so group_dim=0 has no kernel here")  # fmt: skip
+    return None

@@ -15,12 +15,14 @@ import onnx
 
 from quantir.backends.registry import DEFAULT_BACKEND, get_backend
 from quantir.compiler.calibration.data import validate_batch
-from quantir.compiler.config.quant_config import FP8Config, RTNConfig, StaticQuantConfig
+from quantir.compiler.config.quant_config import FP8Config, StaticQuantConfig
+from quantir.compiler.config.weight_only_config import RTNConfig
 from quantir.compiler.model_io import load_graph
 from quantir.compiler.pass_manager import Pass, PassContext, PassManager, PrintMode
 from quantir.compiler.passes import Annotate, Canonicalize, ComputeQParams, EliminateDeadCode, FoldConstants
 from quantir.compiler.passes.calibrate import Calibrator, calibrate_stream, for_specs, observed_values
 from quantir.compiler.passes.smooth_quant import SmoothQuant, select_smoothing_targets, smoothable_inputs
+from quantir.compiler.passes.weight_only_rtn import WeightOnlyRTN
 from quantir.compiler.qparams.output_steps import float_output_steps
 from quantir.compiler.qparams.scales import Convention
 from quantir.compiler.quantized_model import QuantizedModel
@@ -31,18 +33,21 @@ from quantir.ir.clone import clone_graph
 
 __all__ = ["PreparedModel", "convert", "prepare", "quantize"]
 
+QuantConfig = StaticQuantConfig | RTNConfig
+"""The configs `prepare`/`convert`/`quantize` take: static int8 (calibrated) or weight-only RTN (no data needed)."""
+
 _NOT_BUILT = {
-    RTNConfig: "weight-only quantization (RTNConfig) is not implemented yet; quantize with StaticQuantConfig",
     FP8Config: "FP8 quantization (FP8Config) is not implemented yet; quantize with StaticQuantConfig",
 }
 
 
-def _check_config(cfg: Any, where: str) -> StaticQuantConfig:
+def _check_config(cfg: Any, where: str) -> QuantConfig:
     for kind, missing in _NOT_BUILT.items():
         if isinstance(cfg, kind):
             raise NotImplementedError(f"{where}: {missing}")
-    if not isinstance(cfg, StaticQuantConfig):
-        raise ConfigError(f"{where}: quant_config must be a StaticQuantConfig, got {type(cfg).__name__}")
+    if not isinstance(cfg, (StaticQuantConfig, RTNConfig)):
+        found = type(cfg).__name__
+        raise ConfigError(f"{where}: quant_config must be a StaticQuantConfig or an RTNConfig, got {found}")
     return cfg
 
 
@@ -86,7 +91,7 @@ class PreparedModel:
     def __init__(
         self,
         graph: Graph,
-        config: StaticQuantConfig,
+        config: QuantConfig,
         backend: str,
         print_ir_after: PrintMode | None = None,
     ) -> None:
@@ -101,15 +106,18 @@ class PreparedModel:
         """prepare's config annotated once (checks the config; calibration reads which values it quantizes)."""
 
     def annotate(
-        self, quant_config: StaticQuantConfig | None = None, *, print_ir: bool = False
+        self, quant_config: QuantConfig | None = None, *, print_ir: bool = False
     ) -> tuple[Graph, PassContext]:
         """A copy of the float graph annotated for `quant_config` (default: prepare's), and its pass context;
-        `print_ir` applies prepare's `print_ir_after`."""
+        `print_ir` applies prepare's `print_ir_after`. A weight-only config's annotation is its whole quantization
+        (weight types computed, nothing to calibrate)."""
         cfg = self.config if quant_config is None else quant_config
         graph = clone_graph(self.graph)[0]
         ctx = PassContext()
         mode = self.print_ir_after if print_ir else None
-        PassManager([Annotate(backend=self.backend, config=cfg)], print_ir_after=mode).run(graph, ctx)
+        step: Pass = (WeightOnlyRTN(config=cfg, backend=self.backend) if isinstance(cfg, RTNConfig)
+                      else Annotate(backend=self.backend, config=cfg))  # fmt: skip
+        PassManager([step], print_ir_after=mode).run(graph, ctx)
         return graph, ctx
 
     @property
@@ -124,7 +132,8 @@ class PreparedModel:
             widest = self._annotated if self.config == default else self.annotate(default)[0]
             candidates = [v.name for v in observed_values(widest)]
             histograms = [*needed["histograms"], *candidates] if needed["histograms"] else []  # the config uses one
-            smooth = smoothable_inputs(self.graph) if smooth_quant_plan(self.config, self.graph).enabled else []
+            static = isinstance(self.config, StaticQuantConfig) and smooth_quant_plan(self.config, self.graph).enabled
+            smooth = smoothable_inputs(self.graph) if static else []
             channels = [*needed["channels"], *((n, -1) for n in smooth)]
             self._calibrator = Calibrator(self.graph, [*needed["observe"], *candidates], histograms=histograms,
                                           channels=list(dict.fromkeys(channels)),
@@ -143,7 +152,7 @@ class PreparedModel:
         """Feed calibration data (any form `quantize` accepts) until `sampling_size` samples; a progress line shows
         on stderr when it is a terminal (`progress=False`: never). An .npz is cut into batches of `batch_size`
         (default: the batch the model fixes, else 32)."""
-        size = sampling_size if sampling_size is not None else self.config.calibration_sampling_size
+        size = sampling_size if sampling_size is not None else getattr(self.config, "calibration_sampling_size", 100)
         calibrate_stream(self.calibrator, data, self.graph, size, progress=progress, batch_size=batch_size)
         return self
 
@@ -158,7 +167,7 @@ class PreparedModel:
 
 def prepare(
     model: Any,
-    quant_config: StaticQuantConfig | None = None,
+    quant_config: QuantConfig | None = None,
     *,
     backend: str = DEFAULT_BACKEND,
     example_inputs: Any = None,
@@ -177,19 +186,23 @@ def prepare(
     passes: list[Pass] = [FoldConstants(), Canonicalize(), EliminateDeadCode()]
     PassManager(passes, print_ir_after=mode).run(graph, PassContext())
     prepared = PreparedModel(graph, cfg, backend, print_ir_after=mode)
-    prepared._annotated = prepared.annotate()[0]  # the config is checked against the graph here, before calibration
+    if isinstance(cfg, StaticQuantConfig):  # checked against the graph here, before calibration (RTN needs none)
+        prepared._annotated = prepared.annotate()[0]
     if example_inputs is not None:
         validate_batch(example_inputs, graph)
     return prepared
 
 
-def convert(prepared: PreparedModel, quant_config: StaticQuantConfig | None = None) -> QuantizedModel:
+def convert(prepared: PreparedModel, quant_config: QuantConfig | None = None) -> QuantizedModel:
     """Annotate a copy of the prepared float graph for `quant_config` (default: prepare's) and compute its scales
-    from the calibration statistics; `prepared` is not changed, so it converts again with another config."""
+    from the calibration statistics (a weight-only config needs none); `prepared` is not changed, so it converts
+    again with another config."""
     if not isinstance(prepared, PreparedModel):
         raise QuantirError(f"convert() takes the result of prepare(), got {type(prepared).__name__}")
     cfg = prepared.config if quant_config is None else _check_config(quant_config, "convert")
     graph, ctx = prepared.annotate(cfg, print_ir=True)
+    if isinstance(cfg, RTNConfig):
+        return QuantizedModel(graph, prepared.backend, cfg, ctx)
     calibrator = prepared.calibrator
     ctx.ranges = calibrator.ranges_for(graph, percentile=cfg.percentile)
     ctx.calibration = calibrator.stats()
@@ -220,7 +233,7 @@ def convert(prepared: PreparedModel, quant_config: StaticQuantConfig | None = No
 
 def quantize(
     model: Any,
-    quant_config: StaticQuantConfig | None = None,
+    quant_config: QuantConfig | None = None,
     calib_data: Iterable[Any] | str | os.PathLike[str] | None = None,
     *,
     run_fn: Callable[[PreparedModel], Any] | None = None,
@@ -232,6 +245,8 @@ def quantize(
     and `dynamic_shapes` are for torch modules, as in `prepare`."""
     prepared = prepare(model, quant_config, backend=backend, example_inputs=example_inputs,
                        dynamic_shapes=dynamic_shapes)  # fmt: skip
+    if isinstance(prepared.config, RTNConfig):
+        return convert(prepared)  # round-to-nearest reads only the weights: calibration data is not needed
     if run_fn is not None:
         run_fn(prepared)
     elif calib_data is not None:

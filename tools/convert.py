@@ -23,11 +23,13 @@ import numpy as np
 
 from quantir.backends.contract import HEAVY_OPS, VerifyReport
 from quantir.backends.onnx_proto import ort_session
+from quantir.backends.onnx_proto.artifact import read_manifest
 from quantir.backends.probe import ProbeWorker, probe
 from quantir.backends.registry import backend_names, get_backend
 from quantir.compiler.api import convert, prepare
 from quantir.compiler.calibration.data import feeds
 from quantir.compiler.config.quant_config import StaticQuantConfig, load_config
+from quantir.compiler.config.weight_only_config import RTNConfig
 from quantir.compiler.passes.calibrate import budget_batch
 from quantir.compiler.quantized_model import QuantizedModel
 from quantir.ir import QuantirError
@@ -42,8 +44,9 @@ def summarize(model: QuantizedModel) -> str:
     rows = model.decisions()
     lines = [f"recipe: {r}" for r in model.ctx.recipes]
     lines.append(f"ops: {sum(d.quantized for d in rows)} quantized, {sum(not d.quantized for d in rows)} float")
+    low = "wonly" if isinstance(model.config, RTNConfig) else "int8 "
     for (quantized, reason), n in Counter((d.quantized, d.reason) for d in rows).most_common():
-        lines.append(f"  {'int8 ' if quantized else 'float'}  {n:4d}  {reason}")
+        lines.append(f"  {low if quantized else 'float'}  {n:4d}  {reason}")
     return "\n".join(lines)
 
 
@@ -254,33 +257,50 @@ def run_convert(args: argparse.Namespace) -> int:
         return _convert_float(args, targets, worker)
 
 
+def _artifact_mb(target: str, path: Path) -> float:
+    """The artifact's size on disk without the fake-quant reference model some backends write beside it."""
+    reference = get_backend(target).reference_model(path)
+    model = Path(str((read_manifest(path) or {}).get("model", "")))
+    skip = reference if reference is not None and reference.name != model.name else None
+    return sum(f.stat().st_size for f in path.iterdir() if f.is_file() and f != skip) / 1e6
+
+
 def _convert_float(args: argparse.Namespace, targets: list[str], worker: ProbeWorker) -> int:
-    if not args.calib:
+    cfg = load_config(args.config) if args.config else StaticQuantConfig()
+    weight_only = isinstance(cfg, RTNConfig)
+    if not args.calib and not weight_only:
         raise QuantirError(
             f"{args.model} is a float model: quantizing it needs calibration data (--calib FILE.npz); only a model "
-            "that already contains QuantizeLinear/DequantizeLinear converts without it"
+            "that already contains QuantizeLinear/DequantizeLinear, or a weight-only RTN config, converts without it"
         )
     if getattr(args, "requantize_weights", False):
         raise QuantirError("--requantize-weights applies to an already-quantized (QDQ) model only")
-    cfg = load_config(args.config) if args.config else StaticQuantConfig()
-    size = args.sampling_size or cfg.calibration_sampling_size
+    size = args.sampling_size or getattr(cfg, "calibration_sampling_size", 100)
     t0 = time.perf_counter()
     mode = "all" if args.print_ir_after_all else "change" if args.print_ir_after_change else None
     prepared = prepare(args.model, cfg, backend=targets[0], print_ir_after=mode)
-    prepared.calibrate(args.calib, sampling_size=size, batch_size=args.batch_size)
+    if not weight_only:
+        prepared.calibrate(args.calib, sampling_size=size, batch_size=args.batch_size)
     model = convert(prepared)
     written, created = _save_all(Path(args.output), targets, lambda path, t: model.save(path, backend=t))
     seconds = time.perf_counter() - t0
     stats = model.ctx.calibration
-    print(f"converted {args.model} in {seconds:.2f} s ({stats.get('samples', 0)} calibration samples)")
+    used = "weight-only RTN: no calibration" if weight_only else f"{stats.get('samples', 0)} calibration samples"
+    print(f"converted {args.model} in {seconds:.2f} s ({used})")
     print(summarize(model))
     with _removed_on_failure(written, created):
         for t, path in zip(targets, written, strict=True):
-            feed = next(_batches(args.calib, model, size, args.batch_size))
+            feed = next(_batches(args.calib, model, size, args.batch_size)) if args.calib else _probe_feed(model)
             report = verify_fresh(t, path, feed, worker)
             print(f"{t}: {path}")
-            print(f"  int8 kernel coverage: {report.coverage_text()}")
+            print(f"  {'low-bit' if weight_only else 'int8'} kernel coverage: {report.coverage_text()}")
             _print_runtime_notes(report)
+            if weight_only and Path(args.model).is_file():
+                source = Path(args.model).stat().st_size / 1e6
+                print(f"  artifact {_artifact_mb(t, path):.1f} MB on disk (the float model: {source:.1f} MB)")
+            if not args.calib:
+                print("  agreement with the float model: not measured (no --calib data)")
+                continue
             sess = _float_session(Path(args.model))
             names = [o.name for o in sess.get_outputs()]
             fl: list[list[np.ndarray]] = [[] for _ in names]

@@ -30,13 +30,15 @@ from quantir.ir.clone import clone_graph
 from quantir.ir.printer import format_context
 from quantir.ir.quant_math import quantize
 
-__all__ = ["MIN_OPSET_PER_AXIS", "MIN_OPSET_QDQ", "lower_to_qdq", "node_names", "require_calibrated"]
+__all__ = [
+    "MIN_OPSET_BLOCKED", "MIN_OPSET_PER_AXIS", "MIN_OPSET_QDQ", "lower_to_qdq", "node_names", "require_calibrated",
+]  # fmt: skip
 
 MIN_OPSET_QDQ = 10
 """QuantizeLinear/DequantizeLinear exist from opset 10 (per tensor)."""
 MIN_OPSET_PER_AXIS = 13
 """Their `axis` attribute (per-channel scales) exists from opset 13."""
-_MIN_OPSET_BLOCKED = 21
+MIN_OPSET_BLOCKED = 21
 
 
 def require_calibrated(graph: Graph) -> None:
@@ -190,7 +192,7 @@ def _check_opset(graph: Graph, quantized: list[tuple[Value, QuantType]]) -> None
     needs = {
         GranularityKind.PER_TENSOR: (MIN_OPSET_QDQ, "QuantizeLinear/DequantizeLinear"),
         GranularityKind.PER_CHANNEL: (MIN_OPSET_PER_AXIS, "per-channel QuantizeLinear/DequantizeLinear (axis)"),
-        GranularityKind.PER_GROUP: (_MIN_OPSET_BLOCKED, "blocked QuantizeLinear/DequantizeLinear (block_size)"),
+        GranularityKind.PER_GROUP: (MIN_OPSET_BLOCKED, "blocked QuantizeLinear/DequantizeLinear (block_size)"),
     }
     for v, q in quantized:
         opset, what = needs[q.granularity.kind]

@@ -7,7 +7,7 @@ from functools import partial
 
 from quantir.backends.contract import Backend, lazy
 from quantir.backends.onnx_proto.artifact import manifest_file
-from quantir.backends.onnx_qdq.capabilities import RUNTIME, TABLE
+from quantir.backends.onnx_qdq.capabilities import RUNTIME, TABLE, WEIGHT_ONLY
 from quantir.backends.onnx_qdq.emit import MODEL_FILE, emit
 from quantir.backends.onnx_qdq.legalize import legalize_for_onnx_qdq
 from quantir.ir import DType, Granularity, QuantSpec, Scheme
@@ -29,8 +29,10 @@ BACKEND = Backend(
     load=lazy(_VERIFY, "load"),
     load_float=lazy(_VERIFY, "load_onnx"),
     description="ONNX QDQ model (model.onnx) that ONNX Runtime's CPU EP runs as fused integer kernels",
-    reference_model=partial(manifest_file, key="model", default=MODEL_FILE),  # the model is the QDQ graph itself
+    # the model itself is the QDQ graph, except where weight-only MatMuls became MatMulNBits (model.qdq.onnx beside)
+    reference_model=partial(manifest_file, key="reference", default=MODEL_FILE),
     # ONNX Runtime's QDQ default for int8 weights: symmetric i8 per channel (quantize_static's ±127 range)
     weight_rule=QuantSpec(DType.I8, Scheme.SYM, Granularity.per_channel(0), "minmax", qmin=-127, qmax=127),
     int32_bias=True,
+    weight_only=WEIGHT_ONLY,
 )

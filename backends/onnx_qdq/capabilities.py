@@ -12,8 +12,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from quantir.backends.contract import CapabilityTable, OpCapability
+from quantir.backends.contract import CapabilityTable, OpCapability, WeightOnlyCapability
 from quantir.backends.legality import EIGHT_BIT, describe_params, quant_type_of
+from quantir.backends.onnx_proto import qdq
 from quantir.backends.onnx_proto.opset_upgrade import OPSET_SIGNATURE_CHANGES
 from quantir.ir import DType, GranularityKind, Node, QuantType, traits_of
 from quantir.ir.quant_math import quantize
@@ -25,10 +26,12 @@ __all__ = [
     "CAPABILITIES",
     "COVERAGE_KERNELS",
     "FUSED_KERNELS",
+    "MIN_OPSET_BLOCKED",
     "MIN_OPSET_PER_AXIS",
     "MIN_OPSET_QDQ",
     "OPSET_SIGNATURE_CHANGES",
     "WEIGHT_DTYPES",
+    "WEIGHT_ONLY",
     "RUNTIME",
     "TABLE",
     "Capability",
@@ -76,10 +79,9 @@ ACTIVATION_DTYPES = EIGHT_BIT
 WEIGHT_DTYPES = frozenset({DType.I8})
 """Symmetric s8 weights with zero point 0 (U8 activations x S8 weights on x86; S8 x S8 via the S8->U8 rewrite)."""
 
-MIN_OPSET_QDQ = 10
-"""QuantizeLinear/DequantizeLinear exist from opset 10."""
-MIN_OPSET_PER_AXIS = 13
-"""The `axis` attribute (per-channel scales) of QuantizeLinear/DequantizeLinear needs opset 13."""
+# QuantizeLinear/DequantizeLinear exist from opset 10, their `axis` (per-channel scales) from 13, `block_size` and
+# 4-bit types from 21: one definition, the QDQ lowering's
+MIN_OPSET_QDQ, MIN_OPSET_PER_AXIS, MIN_OPSET_BLOCKED = qdq.MIN_OPSET_QDQ, qdq.MIN_OPSET_PER_AXIS, qdq.MIN_OPSET_BLOCKED
 
 
 def _float_attr(node: Node, name: str, default: float) -> float:
@@ -109,10 +111,12 @@ ATTRIBUTE_RULES: dict[str, Callable[[Node], str | None]] = {"Gemm": _gemm_rule}
 
 COVERAGE_KERNELS: dict[str, frozenset[str]] = {
     "Conv": frozenset({"QLinearConv", "ConvInteger"}),
-    "MatMul": frozenset({"QLinearMatMul", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulInteger"}),
+    "MatMul": frozenset(
+        {"QLinearMatMul", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulInteger", "MatMulNBits"}
+    ),
     "Gemm": frozenset({"QGemm"}),
 }
-"""The integer kernels each heavy op may become; coverage counts these ops."""
+"""The integer (and low-bit weight) kernels each heavy op may become; coverage counts these ops."""
 
 FUSED_KERNELS: frozenset[str] = frozenset(
     {c.kernel for c in CAPABILITIES.values() if c.kernel}
@@ -202,3 +206,9 @@ def capability_of(node: Node) -> Capability | None:
     if node.domain not in ("", "ai.onnx"):
         return None
     return CAPABILITIES.get(node.op_type)
+
+
+WEIGHT_ONLY = WeightOnlyCapability("MatMulNBits", frozenset({"MatMul"}), (4, 8))
+"""Weight-only MatMul: blocked DequantizeLinear (opset 21, int4/uint4/int8/uint8 along K) -> MatMul, which ORT's
+level-2 optimizer fuses into com.microsoft::MatMulNBits (measured on ORT 1.32 for 4 and 8 bits, sym and asym). The
+emitter writes MatMulNBits itself where its block rules allow (`backends.onnx_qdq.matmul_nbits`)."""

@@ -25,16 +25,21 @@ from quantir.backends.onnx_proto.artifact import (
 )
 from quantir.backends.onnx_proto.qdq import lower_to_qdq, node_names
 from quantir.backends.onnx_qdq.legalize import quantized_compute_units
+from quantir.backends.onnx_qdq.matmul_nbits import to_matmul_nbits
 from quantir.ir import Graph, SerializationError
+from quantir.ir.clone import clone_graph
 
-__all__ = ["BACKEND", "MANIFEST_FILE", "MODEL_FILE", "SCHEMA", "emit", "ir_sha256", "read_manifest"]
+__all__ = ["BACKEND", "MANIFEST_FILE", "MODEL_FILE", "REFERENCE_FILE", "SCHEMA", "emit", "ir_sha256", "read_manifest"]
 
 BACKEND = "onnx_qdq"
 MODEL_FILE = "model.onnx"
-_RESERVED = ("schema", "backend", "model", "opset", "ir_sha256", "quantized_nodes", "outputs")
+REFERENCE_FILE = "model.qdq.onnx"
+"""Written beside a model whose weight-only MatMuls became MatMulNBits: the same graph in blocked-DequantizeLinear
+form, the IR's fake-quant semantics that `verify_onnx_qdq` compares the runtime with."""
+_RESERVED = ("schema", "backend", "model", "reference", "opset", "ir_sha256", "quantized_nodes", "outputs")
 
 
-def _manifest(graph: Graph, lowered: Graph, manifest: dict[str, Any]) -> dict[str, Any]:
+def _manifest(graph: Graph, lowered: Graph, manifest: dict[str, Any], reference: bool) -> dict[str, Any]:
     clash = sorted(k for k in manifest if k in _RESERVED)
     if clash:
         raise SerializationError(f"manifest keys {clash} are written by the onnx_qdq emitter; rename them")
@@ -46,6 +51,7 @@ def _manifest(graph: Graph, lowered: Graph, manifest: dict[str, Any]) -> dict[st
     doc: dict[str, Any] = {
         "schema": SCHEMA, "backend": BACKEND, "model": MODEL_FILE, "opset": lowered.opset,
         "ir_sha256": ir_sha256(graph), "quantized_nodes": units, "outputs": output_quantization(graph),
+        "reference": REFERENCE_FILE if reference else MODEL_FILE,
     }  # fmt: skip
     doc.update(manifest)
     return doc
@@ -63,10 +69,14 @@ def emit(
     """
     out = Path(out_dir).absolute()
     check_destination(out)
-    lowered = lower_to_qdq(graph)
-    text = manifest_text(_manifest(graph, lowered, manifest), out)
+    reference = lower_to_qdq(graph)
+    lowered = clone_graph(reference)[0]
+    rewritten = to_matmul_nbits(lowered) > 0
+    text = manifest_text(_manifest(graph, lowered, manifest, rewritten), out)
 
     def write(tmp: Path) -> None:
         save_model(lowered, tmp / MODEL_FILE, external_data=external_data)
+        if rewritten:
+            save_model(reference, tmp / REFERENCE_FILE, external_data=external_data)
 
     return write_artifact(out, write, text)

@@ -10,20 +10,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from quantir.backends.contract import LegalizeReport, OpDecision, ValueChange
-from quantir.backends.legality import activation_problem, describe_params, quant_type_of, same_params, weight_problem
+from quantir.backends.legality import (
+    activation_problem,
+    describe_params,
+    is_grouped,
+    quant_type_of,
+    same_params,
+    weight_only_problem,
+    weight_problem,
+)
 from quantir.backends.onnx_proto.opset_upgrade import upgrade_opset, upgrade_problem
 from quantir.backends.onnx_proto.qdq import node_names, require_calibrated
 from quantir.backends.onnx_qdq.capabilities import (
     ATTRIBUTE_RULES,
+    MIN_OPSET_BLOCKED,
     MIN_OPSET_PER_AXIS,
     MIN_OPSET_QDQ,
     RUNTIME,
+    WEIGHT_ONLY,
     Capability,
     UnitKind,
     bias_problem,
     capability_of,
     fold_problem,
 )
+from quantir.backends.onnx_qdq.matmul_nbits import blockable
 from quantir.ir import GranularityKind, Graph, Node, QuantType, TensorType, Value, traits_of
 from quantir.ir.traits import weight_inputs
 
@@ -87,6 +98,8 @@ def _compute_unit(node: Node, cap: Capability, graph: Graph, opset: int) -> Unit
     if rule is not None and (problem := rule(node)) is not None:
         return _float(problem, cap.kind)
     weights = {i: a for i, a in weight_inputs(node).items() if (w := node.inputs[i]) is not None and w.is_constant}
+    if (weight_only := _weight_only_unit(node, weights, cap)) is not None:
+        return weight_only
     acts: list[tuple[Value, QuantType]] = []
     qs: dict[int, QuantType] = {}
     for i in _slots(node, cap):
@@ -126,6 +139,26 @@ def _compute_unit(node: Node, cap: Capability, graph: Graph, opset: int) -> Unit
     if 0 in qs and 1 in qs and (problem := bias_problem(node, qs[0], qs[1], kernel)) is not None:
         return _float(problem, cap.kind)
     return UnitStatus(True, f"runs as {kernel}", cap.kind, kernel, fold)
+
+
+def _weight_only_unit(node: Node, weights: dict[int, int], cap: Capability) -> UnitStatus | None:
+    """The status of a weight-only unit (float activation, quantized constant weight), or None when `node` is not
+    one (its activation is quantized too, or its weight is not)."""
+    x = node.inputs[0] if node.inputs else None
+    w = node.inputs[1] if 1 in weights else None
+    qw = quant_type_of(w)
+    if w is None or qw is None or quant_type_of(x) is not None or not is_grouped(qw):
+        return None
+    if (problem := weight_only_problem(node, w, qw, WEIGHT_ONLY, RUNTIME)) is not None:
+        return _float(problem, cap.kind)
+    bits, group = qw.dtype.bits, qw.granularity.group_size
+    k = w.const.shape[0] if w.const is not None else 0
+    if group is None or blockable(k, group) is None:
+        return _float(f"weight %{w.name} is grouped by {group}; MatMulNBits blocks are powers of two >= 16, so "
+                      f"{RUNTIME} would dequantize it and run a float MatMul (choose group_size 16, 32, 64, 128...)",
+                      cap.kind)  # fmt: skip
+    return UnitStatus(True, f"runs as {WEIGHT_ONLY.kernel} (weight-only {qw.dtype}, group {group}, float activations)",
+                      cap.kind, WEIGHT_ONLY.kernel if bits in WEIGHT_ONLY.bits else "")  # fmt: skip
 
 
 def _drop_problem(node: Node, cap: Capability, opset: int) -> str | None:
@@ -223,7 +256,8 @@ def _target_opset(graph: Graph, opset_min: int) -> int:
     quant = [v.quant for v in graph.values() if isinstance(v.quant, QuantType)]
     old = graph.opset
     per_axis = any(q.granularity.kind is GranularityKind.PER_CHANNEL for q in quant)
-    required = MIN_OPSET_PER_AXIS if per_axis else MIN_OPSET_QDQ
+    blocked = any(q.granularity.kind is GranularityKind.PER_GROUP or q.dtype.bits == 4 for q in quant)
+    required = MIN_OPSET_BLOCKED if blocked else MIN_OPSET_PER_AXIS if per_axis else MIN_OPSET_QDQ
     wanted = max(opset_min, required)
     if not quant or old >= wanted:
         return old
@@ -257,7 +291,11 @@ def legalize_for_onnx_qdq(graph: Graph, *, opset_min: int = 13) -> LegalizeRepor
     require_calibrated(graph)
     before = graph.opset
     target = _target_opset(graph, opset_min)
-    what = "QuantizeLinear/DequantizeLinear with a per-channel axis" if target >= MIN_OPSET_PER_AXIS else "Q/DQ"
+    what = "Q/DQ"
+    if target >= MIN_OPSET_PER_AXIS:
+        what = "QuantizeLinear/DequantizeLinear with a per-channel axis"
+    if target >= MIN_OPSET_BLOCKED:
+        what = "blocked 4/8-bit DequantizeLinear (block_size)"
     rewritten = upgrade_opset(graph, target, why=f"the quantized model needs opset {target} ({what})")
     report = LegalizeReport(changed=rewritten, opset_before=before, opset_after=graph.opset)
     first_reason: dict[Node, str] = {}

@@ -111,7 +111,8 @@ def verify_onnx_qdq(
     report.runner = runner = load(folder)
     names = runner.output_names
     fused = runner(inputs)
-    ref = _session(model, "none").run(names, inputs)
+    reference = folder / manifest.get("reference", model.name)  # MatMulNBits models keep their DQ form beside
+    ref = _session(reference, "none").run(names, inputs)
     floats: list[Any] = [None] * len(names)
     if float_model is not None:
         floats = _session(Path(float_model), "all").run(names, inputs)

@@ -8,7 +8,7 @@ from functools import partial
 
 from quantir.backends.contract import Backend, lazy
 from quantir.backends.onnx_proto.artifact import manifest_file
-from quantir.backends.openvino.capabilities import RUNTIME, TABLE
+from quantir.backends.openvino.capabilities import RUNTIME, TABLE, WEIGHT_ONLY
 from quantir.backends.openvino.legalize import legalize_for_openvino
 from quantir.ir import DType, Granularity, QuantSpec, Scheme
 
@@ -38,4 +38,5 @@ BACKEND = Backend(
         "OpenVINO's ONNX frontend folds a dequantized constant that no Conv/MatMul/Gemm reads as its weight (e.g. "
         "BatchNormalization's scale) into a float constant"
     ),
+    weight_only=WEIGHT_ONLY,
 )

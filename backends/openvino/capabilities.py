@@ -12,13 +12,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from quantir.backends.contract import CapabilityTable, OpCapability
+from quantir.backends.contract import CapabilityTable, OpCapability, WeightOnlyCapability
 from quantir.ir import DType
 from quantir.ir.traits import UnitKind
 
 __all__ = [
     "ACT_ACT_MATMUL", "ACTIVATION_DTYPES", "COVERAGE_LAYERS", "FLOAT_OUTPUT_OK", "INT8_PRECISIONS", "INT8_SUFFIX",
-    "RUNTIME", "TABLE", "UNITS", "WEIGHT_DTYPES", "WEIGHT_INPUTS_ONLY", "is_int8_primitive",
+    "RUNTIME", "TABLE", "UNITS", "WEIGHT_DTYPES", "WEIGHT_INPUTS_ONLY", "WEIGHT_ONLY", "WEIGHT_ONLY_PRECISIONS",
+    "is_int8_primitive", "is_weight_only_kernel",
 ]  # fmt: skip
 
 RUNTIME = "OpenVINO (CPU plugin)"
@@ -70,6 +71,22 @@ INT8_SUFFIX = "_i8"
 """`primitiveType` of int8 kernels ends in `_I8` (brgconv_avx512_I8, jit_avx2_I8, undef_I8 for FullyConnected)."""
 
 
+WEIGHT_ONLY_PRECISIONS = frozenset({"i4", "u4", "i8", "u8"})
+"""`runtimePrecision` of a FullyConnected that runs on compressed (weight-only) weights."""
+
+
+def is_weight_only_kernel(layer: str, precision: str) -> bool:
+    """Whether a runtime node runs a weight-only (compressed-weight) kernel: a FullyConnected whose runtime precision
+    is the weight's low-bit type (its primitive is a float GEMM that decompresses the weights block by block)."""
+    return layer == "FullyConnected" and precision.lower() in WEIGHT_ONLY_PRECISIONS
+
+
 def is_int8_primitive(precision: str, primitive: str) -> bool:
     """Whether a runtime node with this `runtimePrecision` and `primitiveType` runs an int8 kernel."""
     return precision.lower() in INT8_PRECISIONS and primitive.lower().endswith(INT8_SUFFIX)
+
+
+WEIGHT_ONLY = WeightOnlyCapability("FullyConnected with compressed weights", frozenset({"MatMul"}), (4, 8))
+"""Weight-only MatMul: OpenVINO's ONNX frontend reads a blocked DequantizeLinear weight as an i4/u4/i8/u8 Constant ->
+Convert -> (Subtract) -> Multiply chain, and the CPU plugin runs it as a FullyConnected whose `runtimePrecision` is
+the compressed weight type (measured on OpenVINO 2026.4.1: i4, u4, i8, u8)."""

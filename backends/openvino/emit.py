@@ -29,7 +29,7 @@ from quantir.backends.onnx_proto.artifact import (
 )
 from quantir.backends.onnx_proto.qdq import lower_to_qdq, node_names
 from quantir.backends.openvino.backend import REFERENCE_FILE
-from quantir.backends.openvino.legalize import quantized_compute_units
+from quantir.backends.openvino.legalize import is_weight_only_unit, quantized_compute_units
 from quantir.ir import DType, Graph, QuantType, SerializationError
 
 __all__ = ["BACKEND", "MODEL_FILE", "PROVENANCE_KEY", "REFERENCE_FILE", "emit", "ov_pattern_counts", "provenance"]
@@ -132,7 +132,8 @@ def _manifest(graph: Graph, counts: dict[str, int], manifest: dict[str, Any]) ->
     if clash:
         raise SerializationError(f"manifest keys {clash} are written by the openvino emitter; rename them")
     names = dict(zip(graph.nodes, node_names(graph)))
-    units = [{"name": names[n], "op_type": n.op_type, "module": n.source.module if n.source else ""}
+    units = [{"name": names[n], "op_type": n.op_type, "module": n.source.module if n.source else "",
+              **({"weight_only": True} if is_weight_only_unit(n) else {})}
              for n in quantized_compute_units(graph)]  # fmt: skip
     doc: dict[str, Any] = {
         "schema": SCHEMA, "backend": BACKEND, "model": MODEL_FILE, "reference": REFERENCE_FILE,

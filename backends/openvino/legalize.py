@@ -11,14 +11,27 @@ A FakeQuantize anywhere else is legal in OpenVINO (LPT moves or fuses it), so ot
 from __future__ import annotations
 
 from quantir.backends.contract import LegalizeReport, OpDecision, ValueChange
-from quantir.backends.legality import activation_problem, quant_type_of, weight_problem
+from quantir.backends.legality import (
+    activation_problem,
+    is_grouped,
+    quant_type_of,
+    weight_only_problem,
+    weight_problem,
+)
 from quantir.backends.onnx_proto.opset_upgrade import upgrade_opset
-from quantir.backends.onnx_proto.qdq import MIN_OPSET_PER_AXIS, node_names, require_calibrated
-from quantir.backends.openvino.capabilities import ACT_ACT_MATMUL, ACTIVATION_DTYPES, RUNTIME, TABLE, WEIGHT_DTYPES
+from quantir.backends.onnx_proto.qdq import MIN_OPSET_BLOCKED, MIN_OPSET_PER_AXIS, node_names, require_calibrated
+from quantir.backends.openvino.capabilities import (
+    ACT_ACT_MATMUL,
+    ACTIVATION_DTYPES,
+    RUNTIME,
+    TABLE,
+    WEIGHT_DTYPES,
+    WEIGHT_ONLY,
+)
 from quantir.ir import GranularityKind, Graph, Node
 from quantir.ir.traits import UnitKind, weight_inputs
 
-__all__ = ["LegalizeReport", "legalize_for_openvino", "quantized_compute_units"]
+__all__ = ["LegalizeReport", "is_weight_only_unit", "legalize_for_openvino", "quantized_compute_units"]
 
 INT8_OPS = TABLE.float_output_ok
 """The heavy ops whose int8 kernel coverage `verify_openvino` measures."""
@@ -34,6 +47,16 @@ def _compute_status(node: Node) -> tuple[bool, str]:
         return False, ACT_ACT_MATMUL if op == "MatMul" else f"{op} has no constant weight"
     x = node.inputs[0]
     qx = _qtype(x)
+    w1 = node.inputs[1] if 1 in weights else None
+    if qx is None and w1 is not None and (qw := _qtype(w1)) is not None and is_grouped(qw):  # weight-only unit
+        problem = weight_only_problem(node, w1, qw, WEIGHT_ONLY, RUNTIME)
+        group, k = qw.granularity.group_size or 0, w1.const.shape[0] if w1.const is not None else 0
+        if problem is None and group < k and k % group:
+            problem = (f"weight %{w1.name} has K={k} in groups of {group}; OpenVINO's ONNX frontend takes blocked "
+                       "weights only when the group size divides K (choose a divisor, or -1: one group per channel)")
+        if problem is not None:
+            return False, problem
+        return True, f"runs as {WEIGHT_ONLY.kernel} ({qw.dtype} weights, group {qw.granularity.group_size})"
     if x is None or qx is None:
         return False, f"input of {op} is not quantized; without a FakeQuantize in front {RUNTIME} runs it FP32"
     if (problem := activation_problem(x, qx, f"{RUNTIME}'s int8 {op}", ACTIVATION_DTYPES)) is not None:
@@ -89,12 +112,14 @@ def legalize_for_openvino(graph: Graph) -> LegalizeReport:
     report = LegalizeReport()
     status = {n: _compute_status(n) for n in graph.nodes if n.op_type in INT8_OPS}
     _remove_unread(graph, status, report)
-    per_axis = any(q.granularity.kind is not GranularityKind.PER_TENSOR
-                   for v in graph.values() if (q := _qtype(v)) is not None)  # fmt: skip
+    kinds = {(q.granularity.kind, q.dtype.bits) for v in graph.values() if (q := _qtype(v)) is not None}
     report.opset_before = graph.opset
-    if per_axis and graph.opset < MIN_OPSET_PER_AXIS:
-        why = f"per-channel quantization needs opset {MIN_OPSET_PER_AXIS} in the QDQ model OpenVINO reads"
-        report.changed += upgrade_opset(graph, MIN_OPSET_PER_AXIS, why=why)
+    needed = (MIN_OPSET_BLOCKED if any(k is GranularityKind.PER_GROUP or bits == 4 for k, bits in kinds)
+              else MIN_OPSET_PER_AXIS if any(k is not GranularityKind.PER_TENSOR for k, _ in kinds) else 0)  # fmt: skip
+    if graph.opset < needed:
+        what = "blocked 4/8-bit weights" if needed == MIN_OPSET_BLOCKED else "per-channel quantization"
+        why = f"{what} need opset {needed} in the QDQ model OpenVINO reads"
+        report.changed += upgrade_opset(graph, needed, why=why)
     report.opset_after = graph.opset
     for node, name in zip(graph.nodes, node_names(graph)):
         module = node.source.module if node.source is not None else ""
@@ -122,3 +147,11 @@ def _other_status(node: Node) -> tuple[bool, str]:
 def quantized_compute_units(graph: Graph) -> list[Node]:
     """The Conv/MatMul/Gemm nodes of a legalized graph that should run an int8 kernel."""
     return [n for n in graph.nodes if n.op_type in INT8_OPS and _compute_status(n)[0]]
+
+
+def is_weight_only_unit(node: Node) -> bool:
+    """A quantized MatMul/Gemm whose weight is quantized and whose activation is not (weight-only)."""
+    x = node.inputs[0] if node.inputs else None
+    w = node.inputs[1] if len(node.inputs) > 1 else None
+    qw = _qtype(w)
+    return _qtype(x) is None and w is not None and w.is_constant and qw is not None and is_grouped(qw)

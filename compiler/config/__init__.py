@@ -6,11 +6,11 @@ from __future__ import annotations
 from quantir.compiler.config.quant_config import (
     ConfigWarning,
     FP8Config,
-    RTNConfig,
     StaticQuantConfig,
     load_config,
     save_config,
 )
 from quantir.compiler.config.tuning_config import TuningConfig
+from quantir.compiler.config.weight_only_config import RTNConfig
 
 __all__ = ["ConfigWarning", "FP8Config", "RTNConfig", "StaticQuantConfig", "TuningConfig", "load_config", "save_config"]

@@ -20,7 +20,7 @@ from quantir.ir.dtypes import DType
 from quantir.ir.errors import ConfigError
 
 __all__ = [
-    "FLOAT_DTYPES", "PER_OP_FIELDS", "QUANT_DTYPES", "ConfigWarning", "FP8Config", "LocalKey", "RTNConfig",
+    "FLOAT_DTYPES", "PER_OP_FIELDS", "QUANT_DTYPES", "ConfigWarning", "FP8Config", "LocalKey",
     "StaticQuantConfig", "check_combination", "compile_key", "load_config", "local_key_label", "local_key_text",
     "nearest", "op_dict_fields", "save_config",
 ]  # fmt: skip
@@ -220,6 +220,28 @@ def local_key_label(key: LocalKey) -> str:
     return f"{module}.{qualname}" if module else str(qualname)
 
 
+def store_local(local: dict[LocalKey, Any], key: LocalKey | list[LocalKey] | tuple[LocalKey, ...], cfg: Any,
+                check: Callable[[LocalKey, Any], None]) -> None:  # fmt: skip
+    """`set_local` for every config class: a list sets each key; `check(key, cfg)` raises for a bad entry; setting a
+    key again replaces its config in place (INC keeps its first position) with a warning."""
+    for k in key if isinstance(key, (list, tuple)) else [key]:
+        check(k, cfg)
+        if k in local:
+            msg = f"set_local({local_key_label(k)}) was already set; the new config replaces it"
+            warnings.warn(msg, ConfigWarning, stacklevel=3)
+        local[k] = cfg
+
+
+def check_local_key(key: LocalKey, what: str) -> None:
+    """A set_local key is a non-empty regex string, or a class or function (an op type)."""
+    if isinstance(key, str):
+        if not key:
+            raise ConfigError("set_local key '': expected an op type or a name regex")
+        compile_key(key, f"set_local key {key!r}")
+    elif not callable(key) or not local_key_text(key):
+        raise ConfigError(f"set_local key {key!r}: expected a string, a class or a function")
+
+
 @dataclass(slots=True)
 class StaticQuantConfig:
     """Static (calibrated) quantization, INC 3.x `StaticQuantConfig` fields and defaults, except where quantir
@@ -274,6 +296,10 @@ class StaticQuantConfig:
         """The fields that can differ per op (`PER_OP_FIELDS`)."""
         return {name: getattr(self, name) for name in PER_OP_FIELDS}
 
+    def op_dict_fields(self, dict_name: str, key: object, entry: object) -> dict[str, Any]:
+        """The fields one 2.x `op_name_dict`/`op_type_dict` entry sets."""
+        return op_dict_fields(dict_name, key, entry)
+
     @property
     def local_config(self) -> Mapping[LocalKey, StaticQuantConfig]:
         """The `set_local` entries in insertion order (INC's name)."""
@@ -286,27 +312,14 @@ class StaticQuantConfig:
 
         Setting a key again replaces its config in place (INC keeps its first position) with a warning.
         """
-        if isinstance(key, (list, tuple)):
-            for k in key:
-                self.set_local(k, cfg)
-            return self
-        self._check_local(key, cfg)
-        if key in self._local:
-            msg = f"set_local({local_key_label(key)}) was already set; the new config replaces it"
-            warnings.warn(msg, ConfigWarning, stacklevel=2)
-        self._local[key] = cfg
+        store_local(self._local, key, cfg, self._check_local)
         return self
 
     def _check_local(self, key: LocalKey, cfg: object) -> None:
         what = f"set_local({local_key_label(key)})"
         if not isinstance(cfg, StaticQuantConfig):
             raise ConfigError(f"{what}: the config must be a StaticQuantConfig, found {type(cfg).__name__}")
-        if isinstance(key, str):
-            if not key:
-                raise ConfigError("set_local key '': expected an op type or a name regex")
-            compile_key(key, f"set_local key {key!r}")
-        elif not callable(key) or not local_key_text(key):
-            raise ConfigError(f"set_local key {key!r}: expected a string, a class or a function")
+        check_local_key(key, what)
         if cfg._local:
             raise ConfigError(f"{what}: a local config cannot have set_local entries of its own")
         defaults = StaticQuantConfig()
@@ -394,14 +407,19 @@ def _format(path: Path, table: Mapping[str, object]) -> str:
     return suffix
 
 
-def load_config(path: str | os.PathLike[str]) -> StaticQuantConfig:
-    """Read a StaticQuantConfig from YAML or JSON (`to_dict`'s form; a `local` section holds set_local entries)."""
+def load_config(path: str | os.PathLike[str]) -> Any:
+    """Read a config from YAML or JSON: a StaticQuantConfig (`to_dict`'s form; a `local` section holds set_local
+    entries), or an `RTNConfig` when the file is INC's `{"rtn": {...}}` form."""
     p = Path(path)
     reader = _READERS[_format(p, _READERS)]
     try:
         data = reader(p.read_text(encoding="utf-8"))
     except (_yaml().YAMLError, json.JSONDecodeError) as e:
         raise ConfigError(f"{p}: not valid {p.suffix[1:].upper()}: {e}") from None
+    if isinstance(data, dict) and set(data) == {"rtn"}:
+        from quantir.compiler.config.weight_only_config import RTNConfig  # imports this module: loaded on use
+
+        return RTNConfig.from_dict(data, source=str(p))
     return StaticQuantConfig.from_dict(data, source=str(p))
 
 
@@ -411,45 +429,7 @@ def save_config(cfg: StaticQuantConfig, path: str | os.PathLike[str]) -> None:
     p.write_text(_WRITERS[_format(p, _WRITERS)](cfg.to_dict()), encoding="utf-8")
 
 
-# ---- weight-only and FP8 configs (fields and validation only; their algorithms are passes) ------------------------
-
-_RTN_DTYPES = (
-    "int", "int8", "int4", "nf4", "fp4", "fp4_e2m1_bnb", "fp4_e2m1", "fp8_e5m2", "fp8_e5m2fnuz", "fp8_e4m3fn",
-    "fp8_e4m3fnuz", "fp32",
-)  # fmt: skip
-
-
-@dataclass(slots=True)
-class RTNConfig:
-    """Round-to-nearest weight-only quantization, INC 3.x `RTNConfig` fields and defaults (`dtype="fp32"`: fallback)."""
-
-    dtype: str = "int"
-    bits: int = 4
-    use_sym: bool = True
-    group_size: int = 32
-    group_dim: int = 1
-    use_full_range: bool = False
-    use_mse_search: bool = False
-    use_layer_wise: bool = False
-    model_path: str = ""
-    use_double_quant: bool = False
-    double_quant_dtype: str = "int"
-    double_quant_bits: int = 8
-    double_quant_use_sym: bool = False
-    double_quant_group_size: int = 256
-    quant_lm_head: bool = False
-
-    def __post_init__(self) -> None:
-        _validate(self, _RTN_CHECKS)
-
-
-_RTN_CHECKS: dict[str, _Check] = {
-    "dtype": _one_of(*_RTN_DTYPES), "bits": _int_in(1, 8), "use_sym": _BOOL, "group_size": _int_at_least(1, (-1,)),
-    "group_dim": _int_in(0, 1), "use_full_range": _BOOL, "use_mse_search": _BOOL, "use_layer_wise": _BOOL,
-    "model_path": _STR, "use_double_quant": _BOOL, "double_quant_dtype": _one_of("int"),
-    "double_quant_bits": _int_in(1, 8), "double_quant_use_sym": _BOOL,
-    "double_quant_group_size": _int_at_least(1, (-1,)), "quant_lm_head": _BOOL,
-}  # fmt: skip
+# ---- FP8 config (fields and validation only) -------------------------------------------------------------------
 
 _FP8_SCALE_METHODS = (
     "unit_scale", "hw_aligned_single_scale", "maxabs_hw", "maxabs_pow2", "maxabs_hw_opt_weight",

@@ -24,6 +24,7 @@ import re
 import warnings
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from quantir.compiler.config.quant_config import (
     FLOAT_DTYPES,
@@ -36,13 +37,15 @@ from quantir.compiler.config.quant_config import (
     local_key_label,
     local_key_text,
     nearest,
-    op_dict_fields,
 )
 from quantir.ir.dtypes import DType
 from quantir.ir.errors import ConfigError
 from quantir.ir.types import Granularity, GranularityKind, QuantSpec, Scheme
 
-__all__ = ["OpRef", "QuantRequest", "ResolvedOpConfig", "TORCH_MODULE_TYPES", "onnx_op_types", "resolve_op_configs"]
+__all__ = [
+    "FieldResolution", "LocalConfigurable", "OpRef", "QuantRequest", "ResolvedOpConfig", "TORCH_MODULE_TYPES",
+    "onnx_op_types", "resolve_fields", "resolve_op_configs",
+]  # fmt: skip
 
 TORCH_MODULE_TYPES = frozenset(
     """AdaptiveAvgPool1d AdaptiveAvgPool2d AdaptiveAvgPool3d AdaptiveLogSoftmaxWithLoss AdaptiveMaxPool1d
@@ -72,6 +75,22 @@ def onnx_op_types() -> frozenset[str]:
     import onnx.defs  # imported on first use: onnx is slow to import and most callers never need the list
 
     return frozenset(s.name for s in onnx.defs.get_all_schemas_with_history())
+
+
+class LocalConfigurable(Protocol):
+    """A config with INC's per-op rules: `set_local` entries and the 2.x `op_name_dict`/`op_type_dict`."""
+
+    op_name_dict: dict[str, Any]
+    op_type_dict: dict[str, Any]
+
+    @property
+    def local_config(self) -> Mapping[LocalKey, Any]: ...
+
+    def per_op_fields(self) -> dict[str, Any]: ...
+
+    def op_dict_fields(self, dict_name: str, key: object, entry: object) -> dict[str, Any]: ...
+
+    def validate(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +174,7 @@ def _type_rule(label: str, text: str, fields: Mapping[str, object]) -> _Rule:
     return _Rule(label, True, re.compile(re.escape(text)), True, True, fields)
 
 
-def _local_rule(key: LocalKey, cfg: StaticQuantConfig, ops: Sequence[OpRef], vocab: Collection[str]) -> _Rule:
+def _local_rule(key: LocalKey, cfg: LocalConfigurable, ops: Sequence[OpRef], vocab: Collection[str]) -> _Rule:
     label, text, fields = f"set_local({local_key_label(key)})", local_key_text(key), cfg.per_op_fields()
     if not isinstance(key, str) or key in vocab:
         return _type_rule(label, text, fields)
@@ -165,7 +184,7 @@ def _local_rule(key: LocalKey, cfg: StaticQuantConfig, ops: Sequence[OpRef], voc
     return rule
 
 
-def _op_dict_rules(cfg: StaticQuantConfig, dict_name: str, ops: Sequence[OpRef], vocab: Collection[str]) -> list[_Rule]:
+def _op_dict_rules(cfg: LocalConfigurable, dict_name: str, ops: Sequence[OpRef], vocab: Collection[str]) -> list[_Rule]:
     by_type = dict_name == "op_type_dict"
     rules = []
     for key, entry in getattr(cfg, dict_name).items():
@@ -173,12 +192,12 @@ def _op_dict_rules(cfg: StaticQuantConfig, dict_name: str, ops: Sequence[OpRef],
             raise _unknown_type(f"op_type_dict key {key!r}", key, ops, vocab, "")
         pattern = compile_key(key, f"{dict_name} key {key!r}")
         rules.append(
-            _Rule(f"{dict_name}[{key!r}]", by_type, pattern, True, False, op_dict_fields(dict_name, key, entry))
+            _Rule(f"{dict_name}[{key!r}]", by_type, pattern, True, False, cfg.op_dict_fields(dict_name, key, entry))
         )
     return rules
 
 
-def _build_rules(cfg: StaticQuantConfig, ops: Sequence[OpRef], vocab: Collection[str]) -> list[_Rule]:
+def _build_rules(cfg: LocalConfigurable, ops: Sequence[OpRef], vocab: Collection[str]) -> list[_Rule]:
     """Type rules, then name rules (name beats type); within each, 2.x dicts first, then set_local in order."""
     local = [_local_rule(key, c, ops, vocab) for key, c in cfg.local_config.items()]
     types = _op_dict_rules(cfg, "op_type_dict", ops, vocab) + [r for r in local if r.by_type]
@@ -241,27 +260,40 @@ def _outcome(f: Mapping[str, object]) -> str:
     return f"weights {_side_text('w', f)}, activations {_side_text('act', f)}"
 
 
-def _decide(cfg: StaticQuantConfig, rules: Sequence[_Rule]) -> _Decision:
-    values, applied, overridden = cfg.per_op_fields(), list[str](), list[str]()
+@dataclass(frozen=True, slots=True)
+class FieldResolution:
+    """The per-op fields one op ends up with: the global config's, then every matching rule's in order."""
+
+    values: Mapping[str, object]
+    applied: tuple[str, ...]
+    """The rules applied since the last full config (how the user wrote each)."""
+    overridden: tuple[str, ...]
+    """Full configs that a later full config replaced."""
+
+    @property
+    def source(self) -> str:
+        return ", then ".join(self.applied) or "global config"
+
+    def reason(self, outcome: str) -> str:
+        return f"{self.source} -> {outcome}" + (f" (overrides {', '.join(self.overridden)})" if self.overridden else "")
+
+
+def _merge(cfg: LocalConfigurable, rules: Sequence[_Rule]) -> FieldResolution:
+    values, applied, overridden = dict(cfg.per_op_fields()), list[str](), list[str]()
     for rule in rules:
         if rule.full:
             overridden, applied = overridden + applied, []
         applied.append(rule.label)
         values.update(rule.fields)
-    source = ", then ".join(applied) or "global config"
-    check_combination(values, cfg.excluded_precisions, owner=source)
-    reason = f"{source} -> {_outcome(values)}" + (f" (overrides {', '.join(overridden)})" if overridden else "")
-    weight, activation = _request("w", values), _request("act", values)
-    fallback = None if weight or activation else FLOAT_DTYPES[str(values["act_dtype"])]
-    return _Decision(weight, activation, reason, values["reduce_range"], values["percentile"], fallback)
+    return FieldResolution(values, tuple(applied), tuple(overridden))
 
 
-def resolve_op_configs(
-    cfg: StaticQuantConfig, ops: Sequence[OpRef], *, known_op_types: Collection[str] | None = None
-) -> list[ResolvedOpConfig]:
-    """One ResolvedOpConfig per op, in order. `known_op_types` adds op type names (e.g. a backend's fused types) to
-    those recognised as types. Raises ConfigError for unknown op types and invalid regexes; warns (ConfigWarning)
-    for rules that match no op, with the nearest names."""
+def resolve_fields(
+    cfg: LocalConfigurable, ops: Sequence[OpRef], *, known_op_types: Collection[str] | None = None
+) -> list[FieldResolution]:
+    """The per-op fields of every op, in order, under any config with INC's `set_local` (and 2.x dict) rules.
+    Raises ConfigError for unknown op types and invalid regexes; warns (ConfigWarning) for rules that match no op,
+    with the nearest names."""
     cfg.validate()
     ops = list(ops)
     has_rules = bool(cfg.local_config or cfg.op_name_dict or cfg.op_type_dict)
@@ -271,24 +303,50 @@ def resolve_op_configs(
     )
     rules = _build_rules(cfg, ops, vocab)
     used = [False] * len(rules)
-    decisions: dict[tuple[int, ...], _Decision] = {}
+    merged: dict[tuple[int, ...], FieldResolution] = {}
     out = []
     for op in ops:
         hits = tuple(i for i, rule in enumerate(rules) if rule.matches(op))
         for i in hits:
             used[i] = True
-        if hits not in decisions:
+        if hits not in merged:
+            merged[hits] = _merge(cfg, [rules[i] for i in hits])
+        out.append(merged[hits])
+    implicit = {f"set_local({local_key_label(k)})" for k in getattr(cfg, "implicit_locals", ())}
+    for rule, hit in zip(rules, used):
+        if not hit and rule.label not in implicit:  # a default the user did not write (INC's LM-head locals)
+            warnings.warn(_unmatched(rule, ops), ConfigWarning, stacklevel=3)
+    return out
+
+
+def _decide(cfg: StaticQuantConfig, res: FieldResolution) -> _Decision:
+    values = res.values
+    check_combination(values, cfg.excluded_precisions, owner=res.source)
+    weight, activation = _request("w", values), _request("act", values)
+    fallback = None if weight or activation else FLOAT_DTYPES[str(values["act_dtype"])]
+    return _Decision(weight, activation, res.reason(_outcome(values)), values["reduce_range"],  # type: ignore[arg-type]
+                     values["percentile"], fallback)  # type: ignore[arg-type]  # fmt: skip
+
+
+def resolve_op_configs(
+    cfg: StaticQuantConfig, ops: Sequence[OpRef], *, known_op_types: Collection[str] | None = None
+) -> list[ResolvedOpConfig]:
+    """One ResolvedOpConfig per op, in order. `known_op_types` adds op type names (e.g. a backend's fused types) to
+    those recognised as types. Raises ConfigError for unknown op types and invalid regexes; warns (ConfigWarning)
+    for rules that match no op, with the nearest names."""
+    ops = list(ops)
+    decisions: dict[int, _Decision] = {}
+    out = []
+    for op, res in zip(ops, resolve_fields(cfg, ops, known_op_types=known_op_types), strict=True):
+        d = decisions.get(id(res))
+        if d is None:
             try:
-                decisions[hits] = _decide(cfg, [rules[i] for i in hits])
+                d = decisions[id(res)] = _decide(cfg, res)
             except ConfigError as e:
                 raise ConfigError(f"op {op.name!r} ({op.op_type}): {e}") from None
-        d = decisions[hits]
         out.append(
             ResolvedOpConfig(op, d.weight, d.activation, d.reason, d.reduce_range, d.percentile, d.fallback_dtype)
         )
-    for rule, hit in zip(rules, used):
-        if not hit:
-            warnings.warn(_unmatched(rule, ops), ConfigWarning, stacklevel=2)
     return out
 
 

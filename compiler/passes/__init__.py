@@ -13,6 +13,7 @@ from quantir.compiler.passes.fold_constants import FoldConstants
 from quantir.compiler.passes.legalize import Legalize
 from quantir.compiler.passes.smooth_quant import SmoothQuant
 from quantir.compiler.passes.unify_shared_ranges import UnifySharedRanges
+from quantir.compiler.passes.weight_only_rtn import WeightOnlyRTN
 
 __all__ = [
     "builtin_registry",
@@ -25,6 +26,7 @@ __all__ = [
     "Legalize",
     "SmoothQuant",
     "UnifySharedRanges",
+    "WeightOnlyRTN",
 ]
 
 

@@ -15,12 +15,12 @@ import pytest
 from quantir.compiler.config.quant_config import (
     ConfigWarning,
     FP8Config,
-    RTNConfig,
     StaticQuantConfig,
     load_config,
     save_config,
 )
 from quantir.compiler.config.resolve import OpRef, QuantRequest, ResolvedOpConfig, resolve_op_configs
+from quantir.compiler.config.weight_only_config import RTNConfig
 from quantir.ir.dtypes import DType
 from quantir.ir.errors import ConfigError
 from quantir.ir.types import Granularity, GranularityKind, QuantSpec, Scheme
