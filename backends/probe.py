@@ -21,6 +21,7 @@ import tempfile
 import threading
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
@@ -165,10 +166,11 @@ class ProbeWorker:
         if proc.poll() is None:
             proc.kill()
         code = proc.wait()
-        for pipe in (proc.stdin, proc.stdout):
-            if pipe is not None:
-                with contextlib.suppress(OSError):
-                    pipe.close()
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+        # stdout is left to the reader thread (a daemon): closing it here would wait for the thread's read, which a
+        # runtime's helper process still holding the pipe can block
         return code
 
     def close(self) -> None:
@@ -198,7 +200,7 @@ def _run_one(target: str, artifact: str, data: str) -> str | None:
     return None
 
 
-def _serve() -> int:
+def _serve() -> NoReturn:
     reply = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # whatever the runtime prints goes to stderr, never into a reply
     sys.stdout = sys.stderr
@@ -211,8 +213,12 @@ def _serve() -> int:
         error = _run_one(request["run"], request["artifact"], request["feed"])
         reply.write(json.dumps({"error": error}) + "\n")
         reply.flush()
-    return 0
+    # stdin closed: the parent is done (or gone). Leave without interpreter finalization, where a runtime's thread
+    # pools can deadlock (seen: a child whose parent was killed, blocked on a futex at exit, never ending)
+    os._exit(0)
 
 
 if __name__ == "__main__":
-    sys.exit(_serve() if sys.argv[1:] == ["--serve"] else 64)
+    if sys.argv[1:] == ["--serve"]:
+        _serve()
+    sys.exit(64)

@@ -1,7 +1,8 @@
 """quantir.compiler: the INC 3.x-style API and the passes behind it.
 
-`from quantir.compiler import StaticQuantConfig, RTNConfig, FP8Config, TuningConfig, prepare, convert, quantize,
-autotune`. Names load on first use (PEP 562), so importing the package costs nothing and cannot form an import cycle.
+`from quantir.compiler import StaticQuantConfig, RTNConfig, DynamicQuantConfig, FP8Config, TuningConfig, prepare,
+convert, quantize, autotune`. Names load on first use (PEP 562), so importing the package costs nothing and cannot
+form an import cycle.
 """
 
 from __future__ import annotations
@@ -11,19 +12,20 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from quantir.compiler.api import PreparedModel, convert, prepare, quantize
-    from quantir.compiler.config import FP8Config, RTNConfig, StaticQuantConfig, TuningConfig
+    from quantir.compiler.config import DynamicQuantConfig, FP8Config, RTNConfig, StaticQuantConfig, TuningConfig
     from quantir.compiler.quantized_model import QuantizedModel
     from quantir.compiler.tuning import autotune
 
 __all__ = [
-    "FP8Config", "PreparedModel", "QuantizedModel", "RTNConfig", "StaticQuantConfig", "TuningConfig", "autotune",
-    "convert", "prepare", "quantize",
+    "DynamicQuantConfig", "FP8Config", "PreparedModel", "QuantizedModel", "RTNConfig", "StaticQuantConfig",
+    "TuningConfig", "autotune", "convert", "prepare", "quantize",
 ]  # fmt: skip
 
 _PUBLIC = {
     "prepare": "quantir.compiler.api", "convert": "quantir.compiler.api", "quantize": "quantir.compiler.api",
     "PreparedModel": "quantir.compiler.api", "QuantizedModel": "quantir.compiler.quantized_model",
     "StaticQuantConfig": "quantir.compiler.config", "RTNConfig": "quantir.compiler.config",
+    "DynamicQuantConfig": "quantir.compiler.config",
     "FP8Config": "quantir.compiler.config", "TuningConfig": "quantir.compiler.config",
     "autotune": "quantir.compiler.tuning",
 }  # fmt: skip

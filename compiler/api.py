@@ -15,12 +15,14 @@ import onnx
 
 from quantir.backends.registry import DEFAULT_BACKEND, get_backend
 from quantir.compiler.calibration.data import validate_batch
+from quantir.compiler.config.dynamic_config import DynamicQuantConfig
 from quantir.compiler.config.quant_config import FP8Config, StaticQuantConfig
 from quantir.compiler.config.weight_only_config import RTNConfig
 from quantir.compiler.model_io import load_graph
 from quantir.compiler.pass_manager import Pass, PassContext, PassManager, PrintMode
 from quantir.compiler.passes import Annotate, Canonicalize, ComputeQParams, EliminateDeadCode, FoldConstants
 from quantir.compiler.passes.calibrate import Calibrator, calibrate_stream, for_specs, observed_values
+from quantir.compiler.passes.dynamic_quant import DynamicQuant
 from quantir.compiler.passes.smooth_quant import SmoothQuant, select_smoothing_targets, smoothable_inputs
 from quantir.compiler.passes.weight_only_rtn import WeightOnlyRTN
 from quantir.compiler.qparams.output_steps import float_output_steps
@@ -34,7 +36,13 @@ from quantir.ir.clone import clone_graph
 __all__ = ["PreparedModel", "convert", "prepare", "quantize"]
 
 QuantConfig = StaticQuantConfig | RTNConfig
-"""The configs `prepare`/`convert`/`quantize` take: static int8 (calibrated) or weight-only RTN (no data needed)."""
+"""The configs `prepare`/`convert`/`quantize` take: static int8 (calibrated), or weight-only RTN and dynamic int8
+(`DynamicQuantConfig`, a StaticQuantConfig subclass), which need no data."""
+
+
+def _data_free(cfg: object) -> bool:
+    """Configs whose conversion reads only the weights: weight-only RTN, dynamic quantization (as in `convert`)."""
+    return isinstance(cfg, (RTNConfig, DynamicQuantConfig))
 
 _NOT_BUILT = {
     FP8Config: "FP8 quantization (FP8Config) is not implemented yet; quantize with StaticQuantConfig",
@@ -116,6 +124,7 @@ class PreparedModel:
         ctx = PassContext()
         mode = self.print_ir_after if print_ir else None
         step: Pass = (WeightOnlyRTN(config=cfg, backend=self.backend) if isinstance(cfg, RTNConfig)
+                      else DynamicQuant(config=cfg, backend=self.backend) if isinstance(cfg, DynamicQuantConfig)
                       else Annotate(backend=self.backend, config=cfg))  # fmt: skip
         PassManager([step], print_ir_after=mode).run(graph, ctx)
         return graph, ctx
@@ -186,7 +195,7 @@ def prepare(
     passes: list[Pass] = [FoldConstants(), Canonicalize(), EliminateDeadCode()]
     PassManager(passes, print_ir_after=mode).run(graph, PassContext())
     prepared = PreparedModel(graph, cfg, backend, print_ir_after=mode)
-    if isinstance(cfg, StaticQuantConfig):  # checked against the graph here, before calibration (RTN needs none)
+    if not _data_free(cfg):  # checked against the graph here, before calibration (RTN and dynamic need none)
         prepared._annotated = prepared.annotate()[0]
     if example_inputs is not None:
         validate_batch(example_inputs, graph)
@@ -201,7 +210,7 @@ def convert(prepared: PreparedModel, quant_config: QuantConfig | None = None) ->
         raise QuantirError(f"convert() takes the result of prepare(), got {type(prepared).__name__}")
     cfg = prepared.config if quant_config is None else _check_config(quant_config, "convert")
     graph, ctx = prepared.annotate(cfg, print_ir=True)
-    if isinstance(cfg, RTNConfig):
+    if isinstance(cfg, (RTNConfig, DynamicQuantConfig)):  # nothing to calibrate: annotation computed the weights
         return QuantizedModel(graph, prepared.backend, cfg, ctx)
     calibrator = prepared.calibrator
     ctx.ranges = calibrator.ranges_for(graph, percentile=cfg.percentile)
@@ -245,8 +254,8 @@ def quantize(
     and `dynamic_shapes` are for torch modules, as in `prepare`."""
     prepared = prepare(model, quant_config, backend=backend, example_inputs=example_inputs,
                        dynamic_shapes=dynamic_shapes)  # fmt: skip
-    if isinstance(prepared.config, RTNConfig):
-        return convert(prepared)  # round-to-nearest reads only the weights: calibration data is not needed
+    if _data_free(prepared.config):
+        return convert(prepared)  # RTN and dynamic quantization read only the weights: no calibration data needed
     if run_fn is not None:
         run_fn(prepared)
     elif calib_data is not None:

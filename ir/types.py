@@ -15,6 +15,7 @@ import numpy as np
 from quantir.ir.dtypes import DType
 
 __all__ = [
+    "DYNAMIC_OBSERVER",
     "Dim",
     "Granularity",
     "GranularityKind",
@@ -122,9 +123,16 @@ def _default_range(dtype: DType) -> tuple[int, int]:
     return (0, 0)  # float storage (fp8): qmin/qmax are unused
 
 
+DYNAMIC_OBSERVER = "dynamic"
+"""The observer of an activation quantized at run time from each batch (ONNX DynamicQuantizeLinear): its
+`QuantSpec` is never calibrated into a `QuantType`, and only the kernels that quantize their own input (MatMul/Gemm
+data inputs) see it quantized; any other reader reads the float value."""
+
+
 @dataclass(frozen=True, slots=True)
 class QuantSpec:
-    """What to quantize a value to and how, before calibration has produced a scale."""
+    """What to quantize a value to and how, before calibration has produced a scale (or, with the observer
+    `DYNAMIC_OBSERVER`, what the runtime computes per batch)."""
 
     dtype: DType
     scheme: Scheme = Scheme.SYM
@@ -144,6 +152,11 @@ class QuantSpec:
                 raise ValueError(f"range [{qmin}, {qmax}] does not fit {self.dtype} ([{lo}, {hi}])")
             object.__setattr__(self, "qmin", qmin)
             object.__setattr__(self, "qmax", qmax)
+
+    @property
+    def dynamic(self) -> bool:
+        """Quantized at run time from each batch's range (never calibrated)."""
+        return self.observer == DYNAMIC_OBSERVER
 
 
 @dataclass(frozen=True, slots=True, eq=False)

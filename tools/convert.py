@@ -28,6 +28,7 @@ from quantir.backends.probe import ProbeWorker, probe
 from quantir.backends.registry import backend_names, get_backend
 from quantir.compiler.api import convert, prepare
 from quantir.compiler.calibration.data import feeds
+from quantir.compiler.config.dynamic_config import DynamicQuantConfig
 from quantir.compiler.config.quant_config import StaticQuantConfig, load_config
 from quantir.compiler.config.weight_only_config import RTNConfig
 from quantir.compiler.passes.calibrate import budget_batch
@@ -268,7 +269,8 @@ def _artifact_mb(target: str, path: Path) -> float:
 def _convert_float(args: argparse.Namespace, targets: list[str], worker: ProbeWorker) -> int:
     cfg = load_config(args.config) if args.config else StaticQuantConfig()
     weight_only = isinstance(cfg, RTNConfig)
-    if not args.calib and not weight_only:
+    data_free = weight_only or isinstance(cfg, DynamicQuantConfig)
+    if not args.calib and not data_free:
         raise QuantirError(
             f"{args.model} is a float model: quantizing it needs calibration data (--calib FILE.npz); only a model "
             "that already contains QuantizeLinear/DequantizeLinear, or a weight-only RTN config, converts without it"
@@ -279,13 +281,15 @@ def _convert_float(args: argparse.Namespace, targets: list[str], worker: ProbeWo
     t0 = time.perf_counter()
     mode = "all" if args.print_ir_after_all else "change" if args.print_ir_after_change else None
     prepared = prepare(args.model, cfg, backend=targets[0], print_ir_after=mode)
-    if not weight_only:
+    if not data_free:
         prepared.calibrate(args.calib, sampling_size=size, batch_size=args.batch_size)
     model = convert(prepared)
     written, created = _save_all(Path(args.output), targets, lambda path, t: model.save(path, backend=t))
     seconds = time.perf_counter() - t0
     stats = model.ctx.calibration
-    used = "weight-only RTN: no calibration" if weight_only else f"{stats.get('samples', 0)} calibration samples"
+    used = f"{stats.get('samples', 0)} calibration samples"
+    if data_free:
+        used = "weight-only RTN: no calibration" if weight_only else "dynamic quantization: no calibration"
     print(f"converted {args.model} in {seconds:.2f} s ({used})")
     print(summarize(model))
     with _removed_on_failure(written, created):
@@ -295,7 +299,7 @@ def _convert_float(args: argparse.Namespace, targets: list[str], worker: ProbeWo
             print(f"{t}: {path}")
             print(f"  {'low-bit' if weight_only else 'int8'} kernel coverage: {report.coverage_text()}")
             _print_runtime_notes(report)
-            if weight_only and Path(args.model).is_file():
+            if data_free and Path(args.model).is_file():
                 source = Path(args.model).stat().st_size / 1e6
                 print(f"  artifact {_artifact_mb(t, path):.1f} MB on disk (the float model: {source:.1f} MB)")
             if not args.calib:

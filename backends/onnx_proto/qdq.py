@@ -44,7 +44,7 @@ MIN_OPSET_BLOCKED = 21
 def require_calibrated(graph: Graph) -> None:
     """Refuse a graph that still carries uncalibrated `QuantSpec` annotations."""
     for v in graph.values():
-        if isinstance(v.quant, QuantSpec):
+        if isinstance(v.quant, QuantSpec) and not v.quant.dynamic:  # a dynamic spec is quantized at run time
             p = v.producer
             where = f"output of {p.describe()}" if p is not None else "a constant" if v.is_constant else "a graph input"
             context = f"\n{format_context(graph, p)}" if p is not None else ""
@@ -152,6 +152,28 @@ class _Lowering:
             v.name, dqv.name = self.fresh(f"{base}_QuantizeLinear_Input"), base
             self.graph.outputs = [dqv if o is v else o for o in self.graph.outputs]
 
+    def dynamic(self, v: Value) -> None:
+        """`v` -> DynamicQuantizeLinear (uint8, scale and zero point from the batch) -> DequantizeLinear -> each
+        MatMul/Gemm reading it as its data input: the ONNX-standard form of run-time quantization (the reference).
+        Other readers (a residual Add) read `v` in float, as they do when the kernel quantizes its own input."""
+        base = v.name
+        readers = v.uses()
+        shape = v.type.shape if isinstance(v.type, TensorType) else None
+        qv = Value(self.fresh(f"{base}_DynamicQuantizeLinear_Output"), TensorType(DType.U8, shape))
+        sv = Value(self.fresh(f"{base}_scale"), TensorType(DType.F32, ()))
+        zv = Value(self.fresh(f"{base}_zero_point"), TensorType(DType.U8, ()))
+        dqv = Value(self.fresh(f"{base}_DequantizeLinear_Output"), v.type)
+        qn = Node("DynamicQuantizeLinear", [v], [qv, sv, zv], name=self.fresh(f"{base}_DynamicQuantizeLinear"))
+        dqn = Node("DequantizeLinear", [qv, sv, zv], [dqv], name=self.fresh(f"{base}_DequantizeLinear"))
+        if v.producer is None:
+            self._insert_first(qn)
+        else:
+            self.graph.insert_after(v.producer, qn)
+        self.graph.insert_after(qn, dqn)
+        for usage in readers:
+            if usage.idx == 0 and usage.node.op_type in _DYNAMIC_READERS:  # only the kernels that quantize it
+                usage.node.set_input(usage.idx, dqv)
+
     def _guarded(self, dqv: Value, reader: Node) -> Value:
         """The value a float Conv/ConvTranspose/Gemm reads instead of a DQ output.
 
@@ -177,6 +199,9 @@ class _Lowering:
         else:
             self.graph.append(node)
 
+
+_DYNAMIC_READERS = frozenset({"MatMul", "Gemm"})
+"""Readers that quantize a dynamic activation themselves (DynamicQuantizeMatMul); every other reader reads float."""
 
 _WEIGHT_BIAS_QUANTIZED = frozenset({"Conv", "ConvTranspose", "Gemm"})
 """Ops whose float weights ORT itself quantizes when their input comes from a DequantizeLinear."""
@@ -206,7 +231,7 @@ def _check_opset(graph: Graph, quantized: list[tuple[Value, QuantType]]) -> None
             )
 
 
-def lower_to_qdq(graph: Graph, *, guard_float_weights: bool = True) -> Graph:
+def lower_to_qdq(graph: Graph, *, guard_float_weights: bool = True, dynamic: bool = True) -> Graph:
     """A copy of `graph` with every quant type made explicit as Q/DQ nodes; `graph` itself is not changed.
 
     Constants: `<name>_quantized` + `<name>_scale` + `<name>_zero_point` -> `<name>_DequantizeLinear`.
@@ -214,6 +239,8 @@ def lower_to_qdq(graph: Graph, *, guard_float_weights: bool = True) -> Graph:
     A DQ output read by several quantized units is left shared: ORT's EnsureUniqueDQForNodeUnit duplicates it.
     `guard_float_weights` puts the exact `Max(x, x)` between a DQ and a float Conv/ConvTranspose/Gemm, which ORT
     would otherwise quantize itself (WeightBiasQuantization); runtimes without that rewrite pass False.
+    Dynamic activation specs become DynamicQuantizeLinear -> DequantizeLinear; `dynamic=False` leaves them out (a
+    runtime that quantizes activations itself, e.g. OpenVINO's CPU plugin).
     """
     require_calibrated(graph)
     g, _ = clone_graph(graph)
@@ -227,6 +254,9 @@ def lower_to_qdq(graph: Graph, *, guard_float_weights: bool = True) -> Graph:
             lowering.constant(v, q)
         else:
             lowering.activation(v, q)
+    if dynamic:
+        for v in [v for v in g.values() if isinstance(v.quant, QuantSpec) and v.quant.dynamic]:
+            lowering.dynamic(v)
     for v in g.values():
         v.quant = None
     verify(g)

@@ -24,6 +24,7 @@ from quantir.backends.onnx_proto.artifact import (
     write_artifact,
 )
 from quantir.backends.onnx_proto.qdq import lower_to_qdq, node_names
+from quantir.backends.onnx_qdq.dynamic_matmul import to_dynamic_matmul
 from quantir.backends.onnx_qdq.legalize import quantized_compute_units
 from quantir.backends.onnx_qdq.matmul_nbits import to_matmul_nbits
 from quantir.ir import Graph, SerializationError
@@ -34,9 +35,9 @@ __all__ = ["BACKEND", "MANIFEST_FILE", "MODEL_FILE", "REFERENCE_FILE", "SCHEMA",
 BACKEND = "onnx_qdq"
 MODEL_FILE = "model.onnx"
 REFERENCE_FILE = "model.qdq.onnx"
-"""Written beside a model whose weight-only MatMuls became MatMulNBits: the same graph in blocked-DequantizeLinear
-form, the IR's fake-quant semantics that `verify_onnx_qdq` compares the runtime with."""
-_RESERVED = ("schema", "backend", "model", "reference", "opset", "ir_sha256", "quantized_nodes", "outputs")
+"""Written beside a model whose weight-only or dynamic MatMuls became MatMulNBits / DynamicQuantizeMatMul: the same
+graph in standard Q/DQ ops, the IR's fake-quant semantics that `verify_onnx_qdq` compares the runtime with."""
+_RESERVED = ("schema", "backend", "model", "reference", "dynamic", "opset", "ir_sha256", "quantized_nodes", "outputs")
 
 
 def _manifest(graph: Graph, lowered: Graph, manifest: dict[str, Any], reference: bool) -> dict[str, Any]:
@@ -52,6 +53,7 @@ def _manifest(graph: Graph, lowered: Graph, manifest: dict[str, Any], reference:
         "schema": SCHEMA, "backend": BACKEND, "model": MODEL_FILE, "opset": lowered.opset,
         "ir_sha256": ir_sha256(graph), "quantized_nodes": units, "outputs": output_quantization(graph),
         "reference": REFERENCE_FILE if reference else MODEL_FILE,
+        "dynamic": any(op == "DynamicQuantizeMatMul" for op in (n.op_type for n in lowered.nodes)),
     }  # fmt: skip
     doc.update(manifest)
     return doc
@@ -71,7 +73,7 @@ def emit(
     check_destination(out)
     reference = lower_to_qdq(graph)
     lowered = clone_graph(reference)[0]
-    rewritten = to_matmul_nbits(lowered) > 0
+    rewritten = to_dynamic_matmul(lowered) + to_matmul_nbits(lowered) > 0  # dynamic first: both read blocked DQ
     text = manifest_text(_manifest(graph, lowered, manifest, rewritten), out)
 
     def write(tmp: Path) -> None:

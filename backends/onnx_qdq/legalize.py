@@ -35,7 +35,7 @@ from quantir.backends.onnx_qdq.capabilities import (
     fold_problem,
 )
 from quantir.backends.onnx_qdq.matmul_nbits import blockable
-from quantir.ir import GranularityKind, Graph, Node, QuantType, TensorType, Value, traits_of
+from quantir.ir import DType, GranularityKind, Graph, Node, QuantSpec, QuantType, TensorType, Value, traits_of
 from quantir.ir.traits import weight_inputs
 
 __all__ = ["LegalizeReport", "UnitStatus", "classify", "legalize_for_onnx_qdq", "quantized_compute_units"]
@@ -98,6 +98,8 @@ def _compute_unit(node: Node, cap: Capability, graph: Graph, opset: int) -> Unit
     if rule is not None and (problem := rule(node)) is not None:
         return _float(problem, cap.kind)
     weights = {i: a for i, a in weight_inputs(node).items() if (w := node.inputs[i]) is not None and w.is_constant}
+    if (dynamic := _dynamic_unit(node, weights, cap)) is not None:
+        return dynamic
     if (weight_only := _weight_only_unit(node, weights, cap)) is not None:
         return weight_only
     acts: list[tuple[Value, QuantType]] = []
@@ -139,6 +141,38 @@ def _compute_unit(node: Node, cap: Capability, graph: Graph, opset: int) -> Unit
     if 0 in qs and 1 in qs and (problem := bias_problem(node, qs[0], qs[1], kernel)) is not None:
         return _float(problem, cap.kind)
     return UnitStatus(True, f"runs as {kernel}", cap.kind, kernel, fold)
+
+
+DYNAMIC_KERNEL = "DynamicQuantizeMatMul"
+
+
+def is_dynamic_input(v: Value | None) -> bool:
+    return v is not None and isinstance(v.quant, QuantSpec) and v.quant.dynamic
+
+
+def _dynamic_unit(node: Node, weights: dict[int, int], cap: Capability) -> UnitStatus | None:
+    """The status of a dynamic unit (activation quantized at run time, int8 constant weight), or None when `node`
+    is not one."""
+    x = node.inputs[0] if node.inputs else None
+    if not is_dynamic_input(x):
+        return None
+    w = node.inputs[1] if 1 in weights else None
+    qw = quant_type_of(w)
+    if node.op_type != "MatMul":
+        return _float(f"{node.op_type}: ORT's {DYNAMIC_KERNEL} covers MatMul only", cap.kind)
+    if w is None or qw is None:
+        return _float(f"the weight of {node.op_type} is not quantized; {DYNAMIC_KERNEL} needs int8 weights", cap.kind)
+    if qw.dtype is not DType.I8 or qw.zero_point.any():
+        return _float(f"weight %{w.name} is {qw.dtype}{' asymmetric' if qw.zero_point.any() else ''}; "
+                      f"{DYNAMIC_KERNEL} here takes int8 symmetric weights", cap.kind)  # fmt: skip
+    g = qw.granularity
+    k = w.const.shape[0] if w.const is not None else 0
+    per_column = g.kind is GranularityKind.PER_GROUP and g.axis == 0 and (g.group_size or 0) >= k
+    if g.kind is not GranularityKind.PER_TENSOR and not per_column:
+        return _float(f"weight %{w.name} is quantized {g.kind.value}; {DYNAMIC_KERNEL} takes one scale per tensor "
+                      "or per output column", cap.kind)  # fmt: skip
+    return UnitStatus(True, f"runs as {DYNAMIC_KERNEL} (activations quantized per batch at run time)", cap.kind,
+                      DYNAMIC_KERNEL)  # fmt: skip
 
 
 def _weight_only_unit(node: Node, weights: dict[int, int], cap: Capability) -> UnitStatus | None:
@@ -309,6 +343,11 @@ def legalize_for_onnx_qdq(graph: Graph, *, opset_min: int = 13) -> LegalizeRepor
             if isinstance(v.quant, QuantType) and (reason := _removal_reason(v, status)) is not None:
                 v.quant = None
                 report.removed.append(ValueChange(v.name, reason))
+                changed = True
+            elif is_dynamic_input(v) and not any(status[u.node].kernel == DYNAMIC_KERNEL for u in v.uses()):
+                v.quant = None
+                report.removed.append(ValueChange(v.name, f"no {DYNAMIC_KERNEL} reads it: quantizing it at run time "
+                                                          "would only add work"))  # fmt: skip
                 changed = True
         if not changed:
             break

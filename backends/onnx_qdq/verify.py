@@ -26,6 +26,12 @@ from quantir.ir import SerializationError
 __all__ = ["VerifyReport", "load", "verify_onnx_qdq"]
 
 _LEFTOVER = ("QuantizeLinear", "DequantizeLinear", "Conv", "MatMul", "Gemm")
+
+DYNAMIC_MAX_REL = 0.15
+"""Output tolerance (of the largest magnitude) of a model with run-time-quantized activations against its DQ
+reference: ORT's level-2 fusions change float rounding upstream, each batch's scale follows, and whole steps flip.
+Measured on all-MiniLM-L6-v2 (64 sentences): the same DynamicQuantizeMatMul model at optimization level none vs
+all differs by 0.079 max relative, mean cosine 0.9992; both are 0.9939 from FP32."""
 """Ops reported as left unfused: float Q/DQ kernels and float heavy ops."""
 
 
@@ -111,6 +117,11 @@ def verify_onnx_qdq(
     report.runner = runner = load(folder)
     names = runner.output_names
     fused = runner(inputs)
+    if manifest.get("dynamic"):  # see DYNAMIC_MAX_REL
+        max_rel = max(max_rel, DYNAMIC_MAX_REL)
+        report.notes.append(f"activations are quantized per batch at run time: outputs are compared within "
+                            f"{DYNAMIC_MAX_REL:g} of their magnitude (a scale that moves with the batch turns float "
+                            "rounding differences between graph optimization levels into whole steps)")  # fmt: skip
     reference = folder / manifest.get("reference", model.name)  # MatMulNBits models keep their DQ form beside
     ref = _session(reference, "none").run(names, inputs)
     floats: list[Any] = [None] * len(names)

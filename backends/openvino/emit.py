@@ -29,7 +29,12 @@ from quantir.backends.onnx_proto.artifact import (
 )
 from quantir.backends.onnx_proto.qdq import lower_to_qdq, node_names
 from quantir.backends.openvino.backend import REFERENCE_FILE
-from quantir.backends.openvino.legalize import is_weight_only_unit, quantized_compute_units
+from quantir.backends.openvino.legalize import (
+    DYNAMIC_RUNTIME_CONFIG,
+    has_dynamic_units,
+    is_weight_only_unit,
+    quantized_compute_units,
+)
 from quantir.ir import DType, Graph, QuantType, SerializationError
 
 __all__ = ["BACKEND", "MODEL_FILE", "PROVENANCE_KEY", "REFERENCE_FILE", "emit", "ov_pattern_counts", "provenance"]
@@ -138,7 +143,8 @@ def _manifest(graph: Graph, counts: dict[str, int], manifest: dict[str, Any]) ->
     doc: dict[str, Any] = {
         "schema": SCHEMA, "backend": BACKEND, "model": MODEL_FILE, "reference": REFERENCE_FILE,
         "ir_sha256": ir_sha256(graph), "quantized_nodes": units, "outputs": output_quantization(graph),
-        "openvino": {"version": ov.get_version(), "patterns": counts},
+        "openvino": {"version": ov.get_version(), "patterns": counts,
+                     "runtime_config": dict(DYNAMIC_RUNTIME_CONFIG) if has_dynamic_units(graph) else {}},
     }  # fmt: skip
     doc.update(manifest)
     return doc
@@ -149,7 +155,8 @@ def emit(graph: Graph, out_dir: str | os.PathLike[str], *, manifest: dict[str, A
     folder `out_dir` atomically; errors (unwritable path, missing int8 patterns) are `SerializationError`s."""
     out = Path(out_dir).absolute()
     check_destination(out)
-    lowered = lower_to_qdq(graph, guard_float_weights=False)  # OpenVINO has no WeightBiasQuantization to guard
+    # OpenVINO has no WeightBiasQuantization to guard; it quantizes dynamic activations itself (runtime_config)
+    lowered = lower_to_qdq(graph, guard_float_weights=False, dynamic=False)
     holder: dict[str, str] = {}
 
     def write(tmp: Path) -> None:

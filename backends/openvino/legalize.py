@@ -28,10 +28,17 @@ from quantir.backends.openvino.capabilities import (
     WEIGHT_DTYPES,
     WEIGHT_ONLY,
 )
-from quantir.ir import GranularityKind, Graph, Node
+from quantir.ir import GranularityKind, Graph, Node, QuantSpec, Value
 from quantir.ir.traits import UnitKind, weight_inputs
 
-__all__ = ["LegalizeReport", "is_weight_only_unit", "legalize_for_openvino", "quantized_compute_units"]
+__all__ = [
+    "DYNAMIC_RUNTIME_CONFIG", "LegalizeReport", "has_dynamic_units", "is_dynamic_input", "is_weight_only_unit",
+    "legalize_for_openvino", "quantized_compute_units",
+]  # fmt: skip
+
+DYNAMIC_RUNTIME_CONFIG = {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 32}
+"""The CPU plugin property that quantizes a compressed-weight FullyConnected's activations per batch (groups of 32
+along K, the plugin's own default), which the artifact's manifest carries for `load` to apply."""
 
 INT8_OPS = TABLE.float_output_ok
 """The heavy ops whose int8 kernel coverage `verify_openvino` measures."""
@@ -48,6 +55,15 @@ def _compute_status(node: Node) -> tuple[bool, str]:
     x = node.inputs[0]
     qx = _qtype(x)
     w1 = node.inputs[1] if 1 in weights else None
+    if is_dynamic_input(x) and w1 is not None and (qw := _qtype(w1)) is not None:
+        k = w1.const.shape[0] if w1.const is not None else 0
+        one_group = is_grouped(qw) and qw.granularity.axis == 0 and (qw.granularity.group_size or 0) >= k
+        per_tensor = qw.granularity.kind is GranularityKind.PER_TENSOR
+        if op != "MatMul" or qw.dtype not in WEIGHT_DTYPES or qw.zero_point.any() or not (one_group or per_tensor):
+            return False, (f"dynamic quantization in {RUNTIME} runs a MatMul with int8 symmetric weights per tensor "
+                           f"or per channel; %{w1.name} of this {op} is {qw.dtype} {qw.granularity.kind.value}")
+        return True, (f"runs as {WEIGHT_ONLY.kernel} (i8 weights) with activations quantized per batch at run "
+                      f"time ({DYNAMIC_RUNTIME_CONFIG})")  # fmt: skip
     if qx is None and w1 is not None and (qw := _qtype(w1)) is not None and is_grouped(qw):  # weight-only unit
         problem = weight_only_problem(node, w1, qw, WEIGHT_ONLY, RUNTIME)
         group, k = qw.granularity.group_size or 0, w1.const.shape[0] if w1.const is not None else 0
@@ -150,8 +166,20 @@ def quantized_compute_units(graph: Graph) -> list[Node]:
 
 
 def is_weight_only_unit(node: Node) -> bool:
-    """A quantized MatMul/Gemm whose weight is quantized and whose activation is not (weight-only)."""
+    """A quantized MatMul/Gemm whose weight is quantized and whose activation is not (weight-only), or is quantized
+    by the runtime (dynamic): either runs a FullyConnected on compressed weights."""
     x = node.inputs[0] if node.inputs else None
     w = node.inputs[1] if len(node.inputs) > 1 else None
     qw = _qtype(w)
-    return _qtype(x) is None and w is not None and w.is_constant and qw is not None and is_grouped(qw)
+    if w is None or not w.is_constant or qw is None or _qtype(x) is not None:
+        return False
+    return is_grouped(qw) or is_dynamic_input(x)
+
+
+def is_dynamic_input(v: Value | None) -> bool:
+    return v is not None and isinstance(v.quant, QuantSpec) and v.quant.dynamic
+
+
+def has_dynamic_units(graph: Graph) -> bool:
+    """Whether a legalized graph has MatMuls whose activations the runtime quantizes (its runtime config says so)."""
+    return any(is_dynamic_input(n.inputs[0]) for n in quantized_compute_units(graph) if n.inputs)

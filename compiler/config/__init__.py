@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from quantir.compiler.config.dynamic_config import DynamicQuantConfig
 from quantir.compiler.config.quant_config import (
     ConfigWarning,
     FP8Config,
@@ -13,4 +14,7 @@ from quantir.compiler.config.quant_config import (
 from quantir.compiler.config.tuning_config import TuningConfig
 from quantir.compiler.config.weight_only_config import RTNConfig
 
-__all__ = ["ConfigWarning", "FP8Config", "RTNConfig", "StaticQuantConfig", "TuningConfig", "load_config", "save_config"]
+__all__ = [
+    "ConfigWarning", "DynamicQuantConfig", "FP8Config", "RTNConfig", "StaticQuantConfig", "TuningConfig", "load_config",
+    "save_config",
+]  # fmt: skip

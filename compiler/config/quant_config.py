@@ -354,7 +354,7 @@ class StaticQuantConfig:
         body = dict(_mapping(data, source))
         body.update(_mapping(body.pop("global", {}), f"'global' in {source}"))
         local = _mapping(body.pop("local", {}), f"'local' in {source}")
-        cfg = _construct(body, source, [f.name for f in fields(cls) if f.init])
+        cfg = _construct(body, source, [f.name for f in fields(cls) if f.init], cls)
         for key, entry in local.items():
             where = f"local[{key!r}] in {source}"
             cfg.set_local(key, _construct(_mapping(entry, where), where, PER_OP_FIELDS))
@@ -370,14 +370,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _construct(values: Mapping[str, Any], where: str, allowed: Collection[str]) -> StaticQuantConfig:
+def _construct(
+    values: Mapping[str, Any], where: str, allowed: Collection[str], cls: type[StaticQuantConfig] | None = None
+) -> StaticQuantConfig:
     for key in values:
         if key not in allowed:
             if key in _STATIC_CHECKS:
                 raise ConfigError(f"key {key!r} in {where} is set on the global config only, not in a local config")
             raise _unknown_key(key, where, allowed)
     try:
-        return StaticQuantConfig(**{k: _plain(v) for k, v in values.items()})
+        return (cls or StaticQuantConfig)(**{k: _plain(v) for k, v in values.items()})
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
 
@@ -409,7 +411,7 @@ def _format(path: Path, table: Mapping[str, object]) -> str:
 
 def load_config(path: str | os.PathLike[str]) -> Any:
     """Read a config from YAML or JSON: a StaticQuantConfig (`to_dict`'s form; a `local` section holds set_local
-    entries), or an `RTNConfig` when the file is INC's `{"rtn": {...}}` form."""
+    entries), an `RTNConfig` for INC's `{"rtn": {...}}` form, a `DynamicQuantConfig` for `{"dynamic_quant": {...}}`."""
     p = Path(path)
     reader = _READERS[_format(p, _READERS)]
     try:
@@ -420,6 +422,10 @@ def load_config(path: str | os.PathLike[str]) -> Any:
         from quantir.compiler.config.weight_only_config import RTNConfig  # imports this module: loaded on use
 
         return RTNConfig.from_dict(data, source=str(p))
+    if isinstance(data, dict) and set(data) == {"dynamic_quant"}:
+        from quantir.compiler.config.dynamic_config import DynamicQuantConfig
+
+        return DynamicQuantConfig.from_dict(_mapping(data["dynamic_quant"], str(p)), source=str(p))
     return StaticQuantConfig.from_dict(data, source=str(p))
 
 
