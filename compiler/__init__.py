@@ -12,12 +12,20 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from quantir.compiler.api import PreparedModel, convert, prepare, quantize
-    from quantir.compiler.config import DynamicQuantConfig, FP8Config, RTNConfig, StaticQuantConfig, TuningConfig
+    from quantir.compiler.config import (
+        DynamicQuantConfig,
+        FP8Config,
+        GPTQConfig,
+        RTNConfig,
+        StaticQuantConfig,
+        TuningConfig,
+    )
     from quantir.compiler.quantized_model import QuantizedModel
     from quantir.compiler.tuning import autotune
 
 __all__ = [
-    "DynamicQuantConfig", "FP8Config", "PreparedModel", "QuantizedModel", "RTNConfig", "StaticQuantConfig",
+    "DynamicQuantConfig", "FP8Config", "GPTQConfig", "PreparedModel", "QuantizedModel", "RTNConfig",
+    "StaticQuantConfig",
     "TuningConfig", "autotune", "convert", "prepare", "quantize",
 ]  # fmt: skip
 
@@ -25,7 +33,7 @@ _PUBLIC = {
     "prepare": "quantir.compiler.api", "convert": "quantir.compiler.api", "quantize": "quantir.compiler.api",
     "PreparedModel": "quantir.compiler.api", "QuantizedModel": "quantir.compiler.quantized_model",
     "StaticQuantConfig": "quantir.compiler.config", "RTNConfig": "quantir.compiler.config",
-    "DynamicQuantConfig": "quantir.compiler.config",
+    "DynamicQuantConfig": "quantir.compiler.config", "GPTQConfig": "quantir.compiler.config",
     "FP8Config": "quantir.compiler.config", "TuningConfig": "quantir.compiler.config",
     "autotune": "quantir.compiler.tuning",
 }  # fmt: skip

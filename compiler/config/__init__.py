@@ -12,9 +12,10 @@ from quantir.compiler.config.quant_config import (
     save_config,
 )
 from quantir.compiler.config.tuning_config import TuningConfig
-from quantir.compiler.config.weight_only_config import RTNConfig
+from quantir.compiler.config.weight_only_config import GPTQConfig, RTNConfig
 
 __all__ = [
-    "ConfigWarning", "DynamicQuantConfig", "FP8Config", "RTNConfig", "StaticQuantConfig", "TuningConfig", "load_config",
+    "ConfigWarning", "DynamicQuantConfig", "FP8Config", "GPTQConfig", "RTNConfig", "StaticQuantConfig", "TuningConfig",
+    "load_config",
     "save_config",
 ]  # fmt: skip

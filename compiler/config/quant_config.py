@@ -418,10 +418,10 @@ def load_config(path: str | os.PathLike[str]) -> Any:
         data = reader(p.read_text(encoding="utf-8"))
     except (_yaml().YAMLError, json.JSONDecodeError) as e:
         raise ConfigError(f"{p}: not valid {p.suffix[1:].upper()}: {e}") from None
-    if isinstance(data, dict) and set(data) == {"rtn"}:
-        from quantir.compiler.config.weight_only_config import RTNConfig  # imports this module: loaded on use
+    if isinstance(data, dict) and set(data) in ({"rtn"}, {"gptq"}):
+        from quantir.compiler.config.weight_only_config import GPTQConfig, RTNConfig  # they import this module
 
-        return RTNConfig.from_dict(data, source=str(p))
+        return (GPTQConfig if "gptq" in data else RTNConfig).from_dict(data, source=str(p))
     if isinstance(data, dict) and set(data) == {"dynamic_quant"}:
         from quantir.compiler.config.dynamic_config import DynamicQuantConfig
 

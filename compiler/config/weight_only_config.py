@@ -31,7 +31,7 @@ from quantir.compiler.config.quant_config import (
 )
 from quantir.ir import ConfigError
 
-__all__ = ["LM_HEAD_NAMES", "RTNConfig", "WEIGHT_ONLY_DTYPES_BUILT", "WOQ_PER_OP_FIELDS"]
+__all__ = ["GPTQConfig", "LM_HEAD_NAMES", "RTNConfig", "WEIGHT_ONLY_DTYPES_BUILT", "WOQ_PER_OP_FIELDS"]
 
 LM_HEAD_NAMES = (".*lm_head", ".*output_layer", ".*embed_out")
 """INC's name regexes of language-model heads, kept fp32 unless `quant_lm_head=True`."""
@@ -215,20 +215,58 @@ class RTNConfig:
             body = dict(_mapping(body["rtn"], f"'rtn' in {source}"))
         body.update(_mapping(body.pop("global", {}), f"'global' in {source}"))
         local = _mapping(body.pop("local", {}), f"'local' in {source}")
-        cfg = _construct(body, source, [f.name for f in fields(cls) if f.init])
+        cfg = _construct(body, source, [f.name for f in fields(cls) if f.init], cls)
         for key, entry in local.items():
             where = f"local[{key!r}] in {source}"
-            cfg.set_local(key, _construct(_mapping(entry, where), where, WOQ_PER_OP_FIELDS))
+            cfg.set_local(key, _construct(_mapping(entry, where), where, WOQ_PER_OP_FIELDS, cls))
         return cfg
 
 
-def _construct(values: Mapping[str, Any], where: str, allowed: list[str] | tuple[str, ...]) -> RTNConfig:
+def _construct(
+    values: Mapping[str, Any], where: str, allowed: list[str] | tuple[str, ...], cls: type[RTNConfig]
+) -> RTNConfig:
     for key in values:
         if key not in allowed:
             if key in _CHECKS:
                 raise ConfigError(f"key {key!r} in {where} is set on the global config only, not in a local config")
             raise _unknown_key(key, where, allowed)
     try:
-        return RTNConfig(**{k: _plain(v) for k, v in values.items()})
+        return cls(**{k: _plain(v) for k, v in values.items()})
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
+
+
+@dataclass(slots=True)
+class GPTQConfig(RTNConfig):
+    """GPTQ weight-only quantization: INC 3.x `GPTQConfig`'s fields and defaults on top of RTNConfig's. It needs
+    calibration data (the Hessian of each layer's inputs). `act_order` quantizes input channels in order of
+    decreasing Hessian diagonal (with `static_groups=True` when grouped); `true_sequential` (re-calibrating after
+    each layer) is not implemented and refused."""
+
+    act_order: bool = False
+    percdamp: float = 0.01
+    block_size: int = 2048
+    static_groups: bool = False
+    true_sequential: bool = False
+    calibration_sampling_size: int = 128
+    """Calibration samples the Hessians use (INC 2.x's GPTQ `nsamples` default; 3.x leaves it to `run_fn`)."""
+
+    def validate(self) -> None:
+        RTNConfig.validate(self)
+        for name in ("act_order", "static_groups", "true_sequential"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"GPTQConfig.{name}={getattr(self, name)!r}: expected True or False")
+        if isinstance(self.percdamp, bool) or not isinstance(self.percdamp, (int, float)) or not 0 < self.percdamp < 1:
+            raise ConfigError(f"GPTQConfig.percdamp={self.percdamp!r}: expected a fraction in (0, 1)")
+        for name in ("block_size", "calibration_sampling_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"GPTQConfig.{name}={value!r}: expected an int >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"gptq": RTNConfig.to_dict(self)["rtn"]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "config") -> RTNConfig:
+        body = dict(_mapping(data, source))
+        return super().from_dict(body["gptq"] if set(body) == {"gptq"} else body, source=source)

@@ -20,6 +20,7 @@ import onnxruntime  # type: ignore[import-untyped]  # noqa: F401  # calibration 
 
 from quantir.backends.onnx_proto.session import graph_session
 from quantir.compiler.calibration.data import feeds
+from quantir.compiler.calibration.hessian import HessianObserver
 from quantir.compiler.calibration.observers import HISTOGRAM_METHODS, HistogramObserver, MinMaxObserver
 from quantir.compiler.calibration.progress import Progress
 from quantir.compiler.pass_manager import PassContext, PassResult, Range, register_pass
@@ -80,8 +81,11 @@ class Calibrator:
         histograms: Iterable[str] = (),
         channels: Iterable[tuple[str, int]] = (),
         required: Iterable[str] = (),
+        hessians: Iterable[str] = (),
     ) -> None:
         self.minmax = {name: MinMaxObserver(name=name) for name in observe}
+        self.hessian_observers = {name: HessianObserver(name) for name in hessians}
+        """GPTQ: Σ xᵀx of each named MatMul/Gemm input."""
         self.histograms = {name: HistogramObserver(name=name) for name in histograms}
         self.channels = {key: MinMaxObserver(key[1], name=key[0]) for key in channels}
         self.required = frozenset(required)
@@ -108,7 +112,8 @@ class Calibrator:
         for v in model_graph.values():
             v.quant = None
         by_name = {v.name: v for v in graph.values()}
-        names = list(dict.fromkeys([*self.minmax, *self.histograms, *(n for n, _ in self.channels)]))
+        names = list(dict.fromkeys([*self.minmax, *self.histograms, *(n for n, _ in self.channels),
+                                    *self.hessian_observers]))  # fmt: skip
         self.output_names = [v.name for v in graph.outputs]
         model_graph.outputs = list(dict.fromkeys([*model_graph.outputs, *(vmap[by_name[n]] for n in names)]))
         # Basic optimizations only: extended fusions could swallow the exposed intermediate tensors.
@@ -154,6 +159,8 @@ class Calibrator:
             self._feed(name, self.histograms, name, by_name[name])
         for key in list(self.channels):
             self._feed(key[0], self.channels, key, by_name[key[0]])
+        for name, hessian in self.hessian_observers.items():
+            hessian.update(by_name[name])
         for name in list(self.output_observers):
             try:
                 self.output_observers[name].update(by_name[name])
@@ -166,6 +173,13 @@ class Calibrator:
         self.sample_bytes = max(self.sample_bytes or 0, per_sample)
         self.seconds += time.perf_counter() - t0
         return [by_name[n] for n in self.output_names]
+
+    def hessians(self) -> dict[str, np.ndarray]:
+        """GPTQ's Hessian of every observed MatMul/Gemm input (after calibration)."""
+        if self.samples == 0:
+            raise CalibrationError("GPTQ needs calibration data (each layer's Hessian comes from its inputs): call "
+                                   "the prepared model with data, or pass calib_data to quantize")
+        return {name: h.hessian() for name, h in self.hessian_observers.items()}
 
     def range_for(self, name: str, spec: QuantSpec, *, percentile: float = 99.999) -> Range:
         """The calibrated range of value `name` for `spec` (its observer, granularity, scheme and integer range)."""

@@ -9,6 +9,7 @@ every heavy op gets a decision with its reason. `use_mse_search` picks, per weig
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -26,6 +27,8 @@ from quantir.ir.quant_math import fake_quantize
 __all__ = ["WeightOnlyRTN", "weight_only_ops"]
 
 _HEAVY = ("MatMul", "Gemm", "Conv", "ConvTranspose")
+
+WeightMath = Callable[[Node, FieldResolution, np.ndarray, int], QuantType]
 _CLIP_RATIOS = 1.0 - np.arange(40) / 200.0
 
 
@@ -67,6 +70,10 @@ class WeightOnlyRTN:
     name: ClassVar[str] = "weight-only-rtn"
     config: RTNConfig
     backend: str = DEFAULT_BACKEND
+    weight_math: WeightMath | None = None
+    """Another algorithm's weight math (GPTQ), given the op, its resolved fields, the [K, N] weight and the group
+    axis; it returns the weight-only type and may replace the constant. None: round to nearest."""
+    algorithm: str = "RTN"
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         backend = get_backend(self.backend)
@@ -90,7 +97,7 @@ class WeightOnlyRTN:
             quantized, reason = self._apply(node, res, caps.ops, caps.kernel)
             changed |= quantized
             record(ctx, node, quantized, reason)
-        ctx.recipes.append(f"weight-only RTN for {backend.name} ({caps.kernel})")
+        ctx.recipes.append(f"weight-only {self.algorithm} for {backend.name} ({caps.kernel})")
         return PassResult(changed)
 
     def _apply(self, node: Node, res: FieldResolution, ops: frozenset[str], kernel: str) -> tuple[bool, str]:
@@ -124,9 +131,12 @@ class WeightOnlyRTN:
             return rtn_qtype(data * np.float32(ratio), axis=axis, group_size=group, bits=bits, sym=sym,
                              full_range=full)  # fmt: skip
 
-        q = _clip_search(data, make) if values["use_mse_search"] else make(1.0)
+        if self.weight_math is not None:
+            q = self.weight_math(node, res, data, axis)
+        else:
+            q = _clip_search(data, make) if values["use_mse_search"] else make(1.0)
         w.quant = q
         size = q.granularity.group_size
         grouping = f"group {size}" if size != data.shape[axis] else "per output channel"
         shape = f"{'sym' if sym else 'asym'}{' full range' if full else ''} {grouping}"
-        return True, res.reason(f"weight-only int{bits} {shape} (RTN), activations float: {kernel}")
+        return True, res.reason(f"weight-only int{bits} {shape} ({self.algorithm}), activations float: {kernel}")

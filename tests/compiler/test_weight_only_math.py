@@ -107,3 +107,34 @@ def test_rtn_config_dict_form_round_trips() -> None:
     assert data["rtn"]["global"]["bits"] == 8 and data["rtn"]["local"] == {"fc2": {"dtype": "fp32"}}
     back = RTNConfig.from_dict(data)
     assert back.to_dict() == data and back.local_config["fc2"].dtype == "fp32"
+
+
+def test_gptq_with_an_identity_hessian_is_round_to_nearest() -> None:
+    from quantir.compiler.passes.weight_only_gptq import gptq_quantize
+
+    w = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32)
+    q, qtype = gptq_quantize(w, np.eye(64), bits=4, sym=True, group_size=16, percdamp=0.01, block_size=32)
+    rtn = rtn_qtype(w, axis=0, group_size=16, bits=4, sym=True)
+    np.testing.assert_allclose(q, fake_quantize(w, rtn), rtol=1e-6, atol=1e-7)  # no correlation: no feedback
+    np.testing.assert_allclose(qtype.scale, rtn.scale, rtol=1e-6)
+    np.testing.assert_array_equal(quantize(q, qtype), quantize(w, rtn))  # the weights sit on the type's grid
+
+
+def test_gptq_lowers_the_layer_output_error_on_correlated_inputs() -> None:
+    from quantir.compiler.calibration.hessian import HessianObserver
+    from quantir.compiler.passes.weight_only_gptq import gptq_quantize
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((512, 64)) @ rng.standard_normal((64, 64))  # correlated input channels
+    w = rng.standard_normal((64, 16)).astype(np.float32)
+    obs = HessianObserver("x")
+    for rows in np.array_split(x.astype(np.float32), 4):  # streamed in batches
+        obs.update(rows)
+    h = obs.hessian()
+    np.testing.assert_allclose(h, 2 * x.T @ x / 512, rtol=1e-4)
+    for act_order in (False, True):
+        q, qtype = gptq_quantize(w, h, bits=4, sym=True, group_size=32, act_order=act_order, block_size=16)
+        rtn = fake_quantize(w, rtn_qtype(w, axis=0, group_size=32, bits=4, sym=True))
+        gptq_err, rtn_err = np.linalg.norm(x @ (q - w)), np.linalg.norm(x @ (rtn - w))
+        assert gptq_err < 0.8 * rtn_err, (act_order, gptq_err, rtn_err)
+        np.testing.assert_array_equal(fake_quantize(q, qtype), q)  # on the grid: emitted codes are GPTQ's

@@ -31,8 +31,12 @@ __all__ = ["add_arguments", "main"]
 
 MODELS = ("digits", "minilm")
 TOOLS = ("ort", "quantir", "quantir-sq", "nncf", "quantir-ov", "quantir-sq-ov")
+LOW_BIT_TOOLS = ("ort-dynamic", "quantir-dynamic", "quantir-dynamic-ov", "ort-nbits", "quantir-rtn", "quantir-gptq",
+                 "nncf-woq", "quantir-rtn-ov")  # fmt: skip
+"""Weight-only and dynamic rows (MiniLM: `--tools` names them; they read no calibration data)."""
 HEAVY_OPS = ("Conv", "MatMul", "Gemm")
-INT8_KERNELS = ("QLinearConv", "QLinearMatMul", "QGemm", "MatMulIntegerToFloat", "ConvInteger", "MatMulInteger")
+INT8_KERNELS = ("QLinearConv", "QLinearMatMul", "QGemm", "MatMulIntegerToFloat", "ConvInteger", "MatMulInteger",
+                "DynamicQuantizeMatMul", "MatMulNBits")  # fmt: skip
 LATENCY_RUNS = {"digits": {1: 300, 32: 100}, "minilm": {1: 50, 32: 10}}
 METHOD = f"""\
 Method. Each conversion runs in its own child process (quantir byte-compiled first, as a regular install is). `conv
@@ -83,7 +87,7 @@ def _source_model(name: str) -> Path:
 def _run_child(model: str, tool: str, source: Path, out_dir: Path, factor: int = 1) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = {"model": model, "tool": tool, "source": str(source), "out_dir": str(out_dir), "factor": factor}
-    if tool == "ort":
+    if tool in ("ort", "ort-dynamic", "ort-nbits"):
         spec["skip_symbolic_shape"] = _ort_needs_skip_symbolic_shape(source)
     result_path, log_path = out_dir / "result.json", out_dir / "child.log"
     started = time.perf_counter()
@@ -112,9 +116,12 @@ class _OVSession:
     def __init__(self, path: str | Path) -> None:
         import openvino as ov
 
+        from quantir.backends.onnx_proto.artifact import read_manifest
         from quantir.backends.openvino.verify import CPU_CONFIG
 
-        self.compiled = ov.Core().compile_model(str(path), "CPU", CPU_CONFIG)  # the same precision for every tool
+        # the same precision for every tool; a quantir artifact's own runtime properties (dynamic quantization) too
+        runtime = (read_manifest(Path(path).parent) or {}).get("openvino", {}).get("runtime_config", {})
+        self.compiled = ov.Core().compile_model(str(path), "CPU", CPU_CONFIG | dict(runtime))
         self.request = self.compiled.create_infer_request()
         self.output_names = [o.get_any_name() for o in self.compiled.outputs]
 
@@ -131,13 +138,16 @@ def ov_int8_coverage(compiled: Any) -> dict[str, int]:
     """Runtime nodes of an OpenVINO CPU compiled model: heavy layers (Convolution, FullyConnected, MatMul...) that
     run an int8 kernel (runtimePrecision u8/i8, primitiveType ending in _I8), all heavy layers, FakeQuantize left.
     The same counter for NNCF's and quantir's models."""
-    from quantir.backends.openvino.capabilities import COVERAGE_LAYERS, is_int8_primitive
+    from quantir.backends.openvino.capabilities import COVERAGE_LAYERS, is_int8_primitive, is_weight_only_kernel
     from quantir.backends.openvino.verify import runtime_nodes
 
     rows = runtime_nodes(compiled)
     heavy = [r for r in rows if r["layer"] in COVERAGE_LAYERS]
     return {
-        "int8_kernels": sum(is_int8_primitive(r["precision"], r["primitive"]) for r in heavy),
+        "int8_kernels": sum(
+            is_int8_primitive(r["precision"], r["primitive"]) or is_weight_only_kernel(r["layer"], r["precision"])
+            for r in heavy
+        ),
         "runtime_heavy": len(heavy),
         "fq_left": sum(r["layer"] == "FakeQuantize" for r in rows),
     }
@@ -351,7 +361,11 @@ def _bench_model(name: str, tools: Sequence[str], factor: int, work: Path, repea
         row = rows[tool] = _repeated(name, tool, source, work / name / tool, repeat)
         if "error" not in row:
             ov_row = tool in OV_TOOLS
-            sessions[tool] = _OVSession(row["model"]) if ov_row else ort_session(row["model"])
+            try:
+                sessions[tool] = _OVSession(row["model"]) if ov_row else ort_session(row["model"])
+            except Exception as e:  # a tool that wrote a model its runtime refuses: reported as that tool failing
+                row["error"] = f"its model does not load: {type(e).__name__}: {str(e)[:200]}"
+                continue
             row["accuracy"], outputs = _evaluate(name, sessions[tool], reference)
             if name == "digits" and reference is not None:  # fidelity to FP32, beyond a 597-image top-1
                 from quantir.tools.digits import load_digits_split
@@ -402,7 +416,12 @@ def _table(results: dict[str, Any], factor: int) -> str:
             label = {"fp32": "FP32 (calib pass)", "ort": "ORT quantize_static", "quantir": "quantir (default)",
                      "quantir-sq": f"quantir SmoothQuant a={SMOOTH_ALPHA}", "fp32-ov": "FP32 (OpenVINO)",
                      "nncf": "OV: nncf.quantize (default)", "quantir-ov": "OV: quantir (default)",
-                     "quantir-sq-ov": f"OV: quantir SmoothQuant a={SMOOTH_ALPHA}"}[tool]  # fmt: skip
+                     "quantir-sq-ov": f"OV: quantir SmoothQuant a={SMOOTH_ALPHA}",
+                     "ort-dynamic": "ORT quantize_dynamic (per channel)", "quantir-dynamic": "quantir dynamic",
+                     "quantir-dynamic-ov": "OV: quantir dynamic", "ort-nbits": "ORT MatMulNBits RTN int4 g32 sym",
+                     "quantir-rtn": "quantir RTN int4 g32 sym", "quantir-gptq": "quantir GPTQ int4 g32 sym",
+                     "nncf-woq": "OV: nncf.compress_weights int4 g32 sym",
+                     "quantir-rtn-ov": "OV: quantir RTN int4 g32 sym"}[tool]  # fmt: skip
             ov_base = rows.get("fp32-ov") if tool in OV_TOOLS else None
             if "error" in row:
                 lines.append(f"| {model} | {label} | FAILED: {row['error'].replace('|', '/')} |" + " |" * 10)
@@ -473,7 +492,8 @@ def _environment() -> dict[str, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: digits, minilm (default both)")
-    parser.add_argument("--tools", default=",".join(TOOLS), help=f"comma-separated: {', '.join(TOOLS)} (default all)")
+    every = ", ".join(TOOLS + LOW_BIT_TOOLS)
+    parser.add_argument("--tools", default=",".join(TOOLS), help=f"comma-separated: {every} (default: the static ones)")
     parser.add_argument("--calib-factor", type=int, default=4, help="repeat the calibration set N times (peak RSS)")
     parser.add_argument(
         "--repeat",
@@ -500,7 +520,7 @@ def main(argv_or_args: Sequence[str] | argparse.Namespace | None = None) -> int:
     own = not isinstance(argv_or_args, argparse.Namespace)
     args = argv_or_args if isinstance(argv_or_args, argparse.Namespace) else parser.parse_args(argv_or_args)
     try:
-        models, tools = _split(args.models, MODELS, "model"), _split(args.tools, TOOLS, "tool")
+        models, tools = _split(args.models, MODELS, "model"), _split(args.tools, TOOLS + LOW_BIT_TOOLS, "tool")
     except ConfigError as e:
         if own:
             parser.error(str(e))
