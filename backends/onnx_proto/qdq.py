@@ -139,11 +139,7 @@ class _Lowering:
         qn = Node("QuantizeLinear", [v, scale, zp], [qv], attrs=attrs, name=self.fresh(f"{base}_QuantizeLinear"))
         dqn = Node("DequantizeLinear", [qv, scale, zp], [dqv], attrs=dict(attrs),
                    name=self.fresh(f"{base}_DequantizeLinear"))  # fmt: skip
-        if v.producer is None:
-            self._insert_first(qn)
-        else:
-            self.graph.insert_after(v.producer, qn)
-        self.graph.insert_after(qn, dqn)
+        self._insert_pair(v, qn, dqn)
         for usage in readers:
             usage.node.set_input(usage.idx, self._guarded(dqv, usage.node) if usage.idx == 0 else dqv)
         # A graph input that is also a graph output cannot be renamed; that output stays the raw input.
@@ -165,11 +161,7 @@ class _Lowering:
         dqv = Value(self.fresh(f"{base}_DequantizeLinear_Output"), v.type)
         qn = Node("DynamicQuantizeLinear", [v], [qv, sv, zv], name=self.fresh(f"{base}_DynamicQuantizeLinear"))
         dqn = Node("DequantizeLinear", [qv, sv, zv], [dqv], name=self.fresh(f"{base}_DequantizeLinear"))
-        if v.producer is None:
-            self._insert_first(qn)
-        else:
-            self.graph.insert_after(v.producer, qn)
-        self.graph.insert_after(qn, dqn)
+        self._insert_pair(v, qn, dqn)
         for usage in readers:
             if usage.idx == 0 and usage.node.op_type in _DYNAMIC_READERS:  # only the kernels that quantize it
                 usage.node.set_input(usage.idx, dqv)
@@ -191,6 +183,14 @@ class _Lowering:
         guard = Node("Max", [dqv, dqv], [out], name=self.fresh(f"{reader.name}_KeepFloat"))
         self.graph.insert_before(reader, guard)
         return out
+
+    def _insert_pair(self, v: Value, qn: Node, dqn: Node) -> None:
+        """The quantize and dequantize nodes of `v`, right after its producer (first, for a graph input)."""
+        if v.producer is None:
+            self._insert_first(qn)
+        else:
+            self.graph.insert_after(v.producer, qn)
+        self.graph.insert_after(qn, dqn)
 
     def _insert_first(self, node: Node) -> None:
         nodes = self.graph.nodes

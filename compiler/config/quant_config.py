@@ -232,6 +232,22 @@ def store_local(local: dict[LocalKey, Any], key: LocalKey | list[LocalKey] | tup
         local[k] = cfg
 
 
+def check_local_entry(key: LocalKey, cfg: object, cls: type, per_op: Collection[str]) -> None:
+    """One `set_local(key, cfg)` of a `cls` config: a valid key; a `cls` config without locals of its own that sets
+    only per-op fields (`per_op`); anything else is a ConfigError naming the entry."""
+    what = f"set_local({local_key_label(key)})"
+    if not isinstance(cfg, cls):
+        article = "an" if cls.__name__[0] in "AEIOUR" else "a"
+        raise ConfigError(f"{what}: the config must be {article} {cls.__name__}, found {type(cfg).__name__}")
+    check_local_key(key, what)
+    if getattr(cfg, "_local", None):
+        raise ConfigError(f"{what}: a local config cannot have set_local entries of its own")
+    defaults = cls()
+    for f in fields(cls):
+        if f.init and f.name not in per_op and getattr(cfg, f.name) != getattr(defaults, f.name):
+            raise ConfigError(f"{what}: {f.name} is set on the global config only, not in a local config")
+
+
 def check_local_key(key: LocalKey, what: str) -> None:
     """A set_local key is a non-empty regex string, or a class or function (an op type)."""
     if isinstance(key, str):
@@ -316,16 +332,7 @@ class StaticQuantConfig:
         return self
 
     def _check_local(self, key: LocalKey, cfg: object) -> None:
-        what = f"set_local({local_key_label(key)})"
-        if not isinstance(cfg, StaticQuantConfig):
-            raise ConfigError(f"{what}: the config must be a StaticQuantConfig, found {type(cfg).__name__}")
-        check_local_key(key, what)
-        if cfg._local:
-            raise ConfigError(f"{what}: a local config cannot have set_local entries of its own")
-        defaults = StaticQuantConfig()
-        for f in fields(StaticQuantConfig):
-            if f.init and f.name not in PER_OP_FIELDS and getattr(cfg, f.name) != getattr(defaults, f.name):
-                raise ConfigError(f"{what}: {f.name} is set on the global config only, not in a local config")
+        check_local_entry(key, cfg, StaticQuantConfig, PER_OP_FIELDS)
 
     # ---- dict and file form ----
 

@@ -24,9 +24,8 @@ from quantir.compiler.config.quant_config import (
     _one_of,
     _plain,
     _unknown_key,
-    check_local_key,
+    check_local_entry,
     compile_key,
-    local_key_label,
     store_local,
 )
 from quantir.ir import ConfigError
@@ -148,16 +147,7 @@ class RTNConfig:
         return self
 
     def _check_local(self, key: LocalKey, cfg: object) -> None:
-        what = f"set_local({local_key_label(key)})"
-        if not isinstance(cfg, RTNConfig):
-            raise ConfigError(f"{what}: the config must be an RTNConfig, found {type(cfg).__name__}")
-        check_local_key(key, what)
-        if cfg._local:
-            raise ConfigError(f"{what}: a local config cannot have set_local entries of its own")
-        defaults = RTNConfig()
-        for f in fields(RTNConfig):
-            if f.init and f.name not in WOQ_PER_OP_FIELDS and getattr(cfg, f.name) != getattr(defaults, f.name):
-                raise ConfigError(f"{what}: {f.name} is set on the global config only, not in a local config")
+        check_local_entry(key, cfg, RTNConfig, WOQ_PER_OP_FIELDS)
 
     def op_dict_fields(self, dict_name: str, key: object, entry: object) -> dict[str, Any]:
         """One 2.x weight-only entry, `{"weight": {"bits": 4, "group_size": 32, "scheme": "sym", "algorithm": "RTN"}}`
