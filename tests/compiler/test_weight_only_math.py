@@ -138,3 +138,21 @@ def test_gptq_lowers_the_layer_output_error_on_correlated_inputs() -> None:
         gptq_err, rtn_err = np.linalg.norm(x @ (q - w)), np.linalg.norm(x @ (rtn - w))
         assert gptq_err < 0.8 * rtn_err, (act_order, gptq_err, rtn_err)
         np.testing.assert_array_equal(fake_quantize(q, qtype), q)  # on the grid: emitted codes are GPTQ's
+
+
+def test_weight_only_and_dynamic_types_round_trip_through_the_text_form() -> None:
+    from quantir.ir import Graph, Node, Tensor, TensorType, Value, parse, print_graph, structurally_equal
+    from quantir.ir.types import DYNAMIC_OBSERVER, Granularity, QuantSpec
+
+    g = Graph("m", opset_imports={"": 21})
+    x = Value("x", TensorType(DType.F32, ("N", 4)))
+    x.quant = QuantSpec(DType.U8, Scheme.ASYM, Granularity.per_tensor(), DYNAMIC_OBSERVER)
+    w = g.add_constant("w", Tensor.from_numpy(W, DType.F32))
+    w.quant = rtn_qtype(W, axis=0, group_size=2, bits=4, sym=False)
+    y = Value("y", TensorType(DType.F32, ("N", 2)))
+    g.inputs, g.outputs = [x], [y]
+    g.append(Node("MatMul", [x, w], [y], name="fc"))
+    text = print_graph(g)
+    assert "observer=dynamic" in text and "per_group(0, 2)" in text and "u4 asym" in text, text
+    again = parse(text)
+    assert structurally_equal(again, g) and print_graph(again) == text
