@@ -22,7 +22,7 @@ from quantir.ir.errors import ConfigError
 __all__ = [
     "FLOAT_DTYPES", "PER_OP_FIELDS", "QUANT_DTYPES", "ConfigWarning", "FP8Config", "LocalKey",
     "StaticQuantConfig", "check_combination", "compile_key", "load_config", "local_key_label", "local_key_text",
-    "nearest", "op_dict_fields", "save_config",
+    "construct_config", "nearest", "op_dict_fields", "save_config",
 ]  # fmt: skip
 
 LocalKey: TypeAlias = str | Callable[..., object]
@@ -377,18 +377,26 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _construct(
-    values: Mapping[str, Any], where: str, allowed: Collection[str], cls: type[StaticQuantConfig] | None = None
-) -> StaticQuantConfig:
+def construct_config(values: Mapping[str, Any], where: str, allowed: Collection[str], cls: type[Any],
+                     known: Collection[str] = ()) -> Any:  # fmt: skip
+    """`cls(**values)` for a config read from a file: a key outside `allowed` is an error with suggestions (or,
+    when it is one of `known`, a field set on the global config only); errors name `where`."""
     for key in values:
         if key not in allowed:
-            if key in _STATIC_CHECKS:
+            if key in known:
                 raise ConfigError(f"key {key!r} in {where} is set on the global config only, not in a local config")
             raise _unknown_key(key, where, allowed)
     try:
-        return (cls or StaticQuantConfig)(**{k: _plain(v) for k, v in values.items()})
+        return cls(**{k: _plain(v) for k, v in values.items()})
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
+
+
+def _construct(
+    values: Mapping[str, Any], where: str, allowed: Collection[str], cls: type[StaticQuantConfig] | None = None
+) -> StaticQuantConfig:
+    cfg: StaticQuantConfig = construct_config(values, where, allowed, cls or StaticQuantConfig, _STATIC_CHECKS)
+    return cfg
 
 
 def _yaml() -> Any:

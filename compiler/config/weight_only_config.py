@@ -26,6 +26,7 @@ from quantir.compiler.config.quant_config import (
     _unknown_key,
     check_local_entry,
     compile_key,
+    construct_config,
     store_local,
 )
 from quantir.ir import ConfigError
@@ -215,15 +216,8 @@ class RTNConfig:
 def _construct(
     values: Mapping[str, Any], where: str, allowed: list[str] | tuple[str, ...], cls: type[RTNConfig]
 ) -> RTNConfig:
-    for key in values:
-        if key not in allowed:
-            if key in _CHECKS:
-                raise ConfigError(f"key {key!r} in {where} is set on the global config only, not in a local config")
-            raise _unknown_key(key, where, allowed)
-    try:
-        return cls(**{k: _plain(v) for k, v in values.items()})
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
+    cfg: RTNConfig = construct_config(values, where, allowed, cls, _CHECKS)
+    return cfg
 
 
 @dataclass(slots=True)
