@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from quantir.compiler.api import PreparedModel, convert, prepare, quantize
     from quantir.compiler.config import (
+        AWQConfig,
         DynamicQuantConfig,
         FP8Config,
         GPTQConfig,
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from quantir.compiler.tuning import autotune
 
 __all__ = [
-    "DynamicQuantConfig", "FP8Config", "GPTQConfig", "PreparedModel", "QuantizedModel", "RTNConfig",
+    "AWQConfig", "DynamicQuantConfig", "FP8Config", "GPTQConfig", "PreparedModel", "QuantizedModel", "RTNConfig",
     "StaticQuantConfig",
     "TuningConfig", "autotune", "convert", "prepare", "quantize",
 ]  # fmt: skip
@@ -34,6 +35,7 @@ _PUBLIC = {
     "PreparedModel": "quantir.compiler.api", "QuantizedModel": "quantir.compiler.quantized_model",
     "StaticQuantConfig": "quantir.compiler.config", "RTNConfig": "quantir.compiler.config",
     "DynamicQuantConfig": "quantir.compiler.config", "GPTQConfig": "quantir.compiler.config",
+    "AWQConfig": "quantir.compiler.config",
     "FP8Config": "quantir.compiler.config", "TuningConfig": "quantir.compiler.config",
     "autotune": "quantir.compiler.tuning",
 }  # fmt: skip

@@ -17,13 +17,14 @@ from quantir.backends.registry import DEFAULT_BACKEND, get_backend
 from quantir.compiler.calibration.data import validate_batch
 from quantir.compiler.config.dynamic_config import DynamicQuantConfig
 from quantir.compiler.config.quant_config import FP8Config, StaticQuantConfig
-from quantir.compiler.config.weight_only_config import GPTQConfig, RTNConfig
+from quantir.compiler.config.weight_only_config import AWQConfig, GPTQConfig, RTNConfig
 from quantir.compiler.model_io import load_graph
 from quantir.compiler.pass_manager import Pass, PassContext, PassManager, PrintMode
 from quantir.compiler.passes import Annotate, Canonicalize, ComputeQParams, EliminateDeadCode, FoldConstants
 from quantir.compiler.passes.calibrate import Calibrator, calibrate_stream, for_specs, observed_values
 from quantir.compiler.passes.dynamic_quant import DynamicQuant
 from quantir.compiler.passes.smooth_quant import SmoothQuant, select_smoothing_targets, smoothable_inputs
+from quantir.compiler.passes.weight_only_awq import WeightOnlyAWQ
 from quantir.compiler.passes.weight_only_gptq import WeightOnlyGPTQ, gptq_inputs
 from quantir.compiler.passes.weight_only_rtn import WeightOnlyRTN
 from quantir.compiler.qparams.output_steps import float_output_steps
@@ -43,7 +44,7 @@ QuantConfig = StaticQuantConfig | RTNConfig
 
 def _data_free(cfg: object) -> bool:
     """Configs whose conversion reads only the weights: weight-only RTN, dynamic quantization (as in `convert`)."""
-    return isinstance(cfg, (RTNConfig, DynamicQuantConfig)) and not isinstance(cfg, GPTQConfig)
+    return isinstance(cfg, (RTNConfig, DynamicQuantConfig)) and not isinstance(cfg, (GPTQConfig, AWQConfig))
 
 
 def _is_static(cfg: object) -> bool:
@@ -128,8 +129,9 @@ class PreparedModel:
         graph = clone_graph(self.graph)[0]
         ctx = PassContext()
         mode = self.print_ir_after if print_ir else None
-        if isinstance(cfg, GPTQConfig):
-            raise QuantirError("a GPTQConfig is applied by convert(), after calibration (it needs the Hessians)")
+        if isinstance(cfg, (GPTQConfig, AWQConfig)):
+            raise QuantirError(f"a {type(cfg).__name__} is applied by convert(), after calibration (it needs the "
+                               "layers' input statistics)")  # fmt: skip
         step: Pass = (WeightOnlyRTN(config=cfg, backend=self.backend) if isinstance(cfg, RTNConfig)
                       else DynamicQuant(config=cfg, backend=self.backend) if isinstance(cfg, DynamicQuantConfig)
                       else Annotate(backend=self.backend, config=cfg))  # fmt: skip
@@ -138,7 +140,7 @@ class PreparedModel:
 
     @property
     def calibrator(self) -> Calibrator:
-        if self._calibrator is None and isinstance(self.config, GPTQConfig):  # GPTQ needs only the Hessians
+        if self._calibrator is None and isinstance(self.config, (GPTQConfig, AWQConfig)):  # only the layer inputs
             self._calibrator = Calibrator(self.graph, [], hessians=gptq_inputs(self.graph))
         if self._calibrator is None:
             if self._annotated is None:
@@ -218,12 +220,14 @@ def convert(prepared: PreparedModel, quant_config: QuantConfig | None = None) ->
     if not isinstance(prepared, PreparedModel):
         raise QuantirError(f"convert() takes the result of prepare(), got {type(prepared).__name__}")
     cfg = prepared.config if quant_config is None else _check_config(quant_config, "convert")
-    if isinstance(cfg, GPTQConfig):
+    if isinstance(cfg, (GPTQConfig, AWQConfig)):
         graph, ctx = clone_graph(prepared.graph)[0], PassContext()
         ctx.hessians = prepared.calibrator.hessians()
+        ctx.channel_means = prepared.calibrator.channel_means()
         ctx.calibration = prepared.calibrator.stats()
-        gptq = WeightOnlyGPTQ(config=cfg, backend=prepared.backend)
-        PassManager([gptq], print_ir_after=prepared.print_ir_after).run(graph, ctx)
+        step: Pass = (WeightOnlyGPTQ(config=cfg, backend=prepared.backend) if isinstance(cfg, GPTQConfig)
+                      else WeightOnlyAWQ(config=cfg, backend=prepared.backend))  # fmt: skip
+        PassManager([step], print_ir_after=prepared.print_ir_after).run(graph, ctx)
         return QuantizedModel(graph, prepared.backend, cfg, ctx)
     graph, ctx = prepared.annotate(cfg, print_ir=True)
     if isinstance(cfg, (RTNConfig, DynamicQuantConfig)):  # nothing to calibrate: annotation computed the weights

@@ -70,6 +70,8 @@ class PassContext:
     smooth_targets: dict[str, list[Node]] = field(default_factory=dict)
     """Activation name -> the quantized MatMul/Gemm readers smooth-quant scales (chosen on the annotated graph)."""
     hessians: dict[str, Any] = field(default_factory=dict)
+    channel_means: dict[str, Any] = field(default_factory=dict)
+    """AWQ: input value name -> mean |x| per input channel over its calibration rows."""
     """GPTQ: input value name -> the Hessian 2/n Σ xᵀx of its calibration rows (a [K, K] float64 array)."""
     calibration: dict[str, Any] = field(default_factory=dict)
     """The manifest's calibration record: samples, seconds, observer bytes, output steps."""

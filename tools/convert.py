@@ -30,7 +30,7 @@ from quantir.compiler.api import convert, prepare
 from quantir.compiler.calibration.data import feeds
 from quantir.compiler.config.dynamic_config import DynamicQuantConfig
 from quantir.compiler.config.quant_config import StaticQuantConfig, load_config
-from quantir.compiler.config.weight_only_config import GPTQConfig, RTNConfig
+from quantir.compiler.config.weight_only_config import AWQConfig, GPTQConfig, RTNConfig
 from quantir.compiler.passes.calibrate import budget_batch
 from quantir.compiler.quantized_model import QuantizedModel
 from quantir.ir import QuantirError
@@ -269,7 +269,7 @@ def _artifact_mb(target: str, path: Path) -> float:
 def _convert_float(args: argparse.Namespace, targets: list[str], worker: ProbeWorker) -> int:
     cfg = load_config(args.config) if args.config else StaticQuantConfig()
     weight_only = isinstance(cfg, RTNConfig)
-    data_free = (weight_only or isinstance(cfg, DynamicQuantConfig)) and not isinstance(cfg, GPTQConfig)
+    data_free = (weight_only or isinstance(cfg, DynamicQuantConfig)) and not isinstance(cfg, (GPTQConfig, AWQConfig))
     if not args.calib and not data_free:
         raise QuantirError(
             f"{args.model} is a float model: quantizing it needs calibration data (--calib FILE.npz); only a model "

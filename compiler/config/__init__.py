@@ -12,10 +12,9 @@ from quantir.compiler.config.quant_config import (
     save_config,
 )
 from quantir.compiler.config.tuning_config import TuningConfig
-from quantir.compiler.config.weight_only_config import GPTQConfig, RTNConfig
+from quantir.compiler.config.weight_only_config import AWQConfig, GPTQConfig, RTNConfig
 
 __all__ = [
-    "ConfigWarning", "DynamicQuantConfig", "FP8Config", "GPTQConfig", "RTNConfig", "StaticQuantConfig", "TuningConfig",
-    "load_config",
-    "save_config",
+    "AWQConfig", "ConfigWarning", "DynamicQuantConfig", "FP8Config", "GPTQConfig", "RTNConfig", "StaticQuantConfig",
+    "TuningConfig", "load_config", "save_config",
 ]  # fmt: skip

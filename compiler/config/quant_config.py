@@ -433,10 +433,11 @@ def load_config(path: str | os.PathLike[str]) -> Any:
         data = reader(p.read_text(encoding="utf-8"))
     except (_yaml().YAMLError, json.JSONDecodeError) as e:
         raise ConfigError(f"{p}: not valid {p.suffix[1:].upper()}: {e}") from None
-    if isinstance(data, dict) and set(data) in ({"rtn"}, {"gptq"}):
-        from quantir.compiler.config.weight_only_config import GPTQConfig, RTNConfig  # they import this module
+    if isinstance(data, dict) and set(data) in ({"rtn"}, {"gptq"}, {"awq"}):
+        from quantir.compiler.config.weight_only_config import AWQConfig, GPTQConfig, RTNConfig  # they import this
 
-        return (GPTQConfig if "gptq" in data else RTNConfig).from_dict(data, source=str(p))
+        kind = {"rtn": RTNConfig, "gptq": GPTQConfig, "awq": AWQConfig}[next(iter(data))]
+        return kind.from_dict(data, source=str(p))
     if isinstance(data, dict) and set(data) == {"dynamic_quant"}:
         from quantir.compiler.config.dynamic_config import DynamicQuantConfig
 

@@ -31,7 +31,7 @@ from quantir.compiler.config.quant_config import (
 )
 from quantir.ir import ConfigError
 
-__all__ = ["GPTQConfig", "LM_HEAD_NAMES", "RTNConfig", "WEIGHT_ONLY_DTYPES_BUILT", "WOQ_PER_OP_FIELDS"]
+__all__ = ["AWQConfig", "GPTQConfig", "LM_HEAD_NAMES", "RTNConfig", "WEIGHT_ONLY_DTYPES_BUILT", "WOQ_PER_OP_FIELDS"]
 
 LM_HEAD_NAMES = (".*lm_head", ".*output_layer", ".*embed_out")
 """INC's name regexes of language-model heads, kept fp32 unless `quant_lm_head=True`."""
@@ -254,3 +254,31 @@ class GPTQConfig(RTNConfig):
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "config") -> RTNConfig:
         body = dict(_mapping(data, source))
         return super().from_dict(body["gptq"] if set(body) == {"gptq"} else body, source=source)
+
+
+@dataclass(slots=True)
+class AWQConfig(RTNConfig):
+    """AWQ weight-only quantization: INC 3.x `AWQConfig`'s `use_auto_scale` and `use_auto_clip` (both on) on top of
+    RTNConfig's fields. It needs calibration data (each layer input's mean |x| and Hessian)."""
+
+    use_auto_scale: bool = True
+    use_auto_clip: bool = True
+    calibration_sampling_size: int = 128
+    """Calibration samples the statistics use (INC 2.x's AWQ `nsamples` default)."""
+
+    def validate(self) -> None:
+        RTNConfig.validate(self)
+        for name in ("use_auto_scale", "use_auto_clip"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"AWQConfig.{name}={getattr(self, name)!r}: expected True or False")
+        value = self.calibration_sampling_size
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"AWQConfig.calibration_sampling_size={value!r}: expected an int >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"awq": RTNConfig.to_dict(self)["rtn"]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "config") -> RTNConfig:
+        body = dict(_mapping(data, source))
+        return super().from_dict(body["awq"] if set(body) == {"awq"} else body, source=source)

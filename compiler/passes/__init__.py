@@ -13,6 +13,8 @@ from quantir.compiler.passes.fold_constants import FoldConstants
 from quantir.compiler.passes.legalize import Legalize
 from quantir.compiler.passes.smooth_quant import SmoothQuant
 from quantir.compiler.passes.unify_shared_ranges import UnifySharedRanges
+from quantir.compiler.passes.weight_only_awq import WeightOnlyAWQ
+from quantir.compiler.passes.weight_only_gptq import WeightOnlyGPTQ
 from quantir.compiler.passes.weight_only_rtn import WeightOnlyRTN
 
 __all__ = [
@@ -26,6 +28,8 @@ __all__ = [
     "Legalize",
     "SmoothQuant",
     "UnifySharedRanges",
+    "WeightOnlyAWQ",
+    "WeightOnlyGPTQ",
     "WeightOnlyRTN",
 ]
 

@@ -177,9 +177,13 @@ class Calibrator:
     def hessians(self) -> dict[str, np.ndarray]:
         """GPTQ's Hessian of every observed MatMul/Gemm input (after calibration)."""
         if self.samples == 0:
-            raise CalibrationError("GPTQ needs calibration data (each layer's Hessian comes from its inputs): call "
-                                   "the prepared model with data, or pass calib_data to quantize")
+            raise CalibrationError("GPTQ/AWQ need calibration data (each layer's statistics come from its inputs): "
+                                   "call the prepared model with data, or pass calib_data to quantize")
         return {name: h.hessian() for name, h in self.hessian_observers.items()}
+
+    def channel_means(self) -> dict[str, np.ndarray]:
+        """AWQ's mean |x| per channel of every observed MatMul/Gemm input (after calibration)."""
+        return {name: h.mean_abs() for name, h in self.hessian_observers.items() if h.rows}
 
     def range_for(self, name: str, spec: QuantSpec, *, percentile: float = 99.999) -> Range:
         """The calibrated range of value `name` for `spec` (its observer, granularity, scheme and integer range)."""

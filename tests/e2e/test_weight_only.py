@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from quantir.backends.registry import get_backend
-from quantir.compiler import GPTQConfig, RTNConfig, prepare, quantize
+from quantir.compiler import AWQConfig, GPTQConfig, RTNConfig, prepare, quantize
 from quantir.ir import ConfigError
 from quantir.ir.quant_math import dequantize
 from quantir.ir.quant_math import quantize as quantize_codes
@@ -138,19 +138,21 @@ def test_gptq_beats_rtn_on_held_out_data_and_runs_the_low_bit_kernel(backend: st
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
     errors = {}
     gptq = GPTQConfig(group_size=16, calibration_sampling_size=4096)  # 64 rows per input channel
-    for name, cfg in {"rtn": RTNConfig(group_size=16), "gptq": gptq}.items():
+    awq = AWQConfig(group_size=16, calibration_sampling_size=4096)
+    for name, cfg in {"rtn": RTNConfig(group_size=16), "gptq": gptq, "awq": awq}.items():
         q = quantize(str(model), cfg, [{"x": calib}], backend=backend)
         artifact = q.save(tmp_path / name, backend=backend)
         report = get_backend(backend).verify(artifact, {"x": held[:8]})
         assert report.coverage == 1.0 and len(report.nodes) == 1 and not report.disagreements, report.format()
         errors[name] = float(np.linalg.norm(report.run({"x": held})[0] - held @ W1))
     assert errors["gptq"] < 0.85 * errors["rtn"], errors
+    assert errors["awq"] < errors["rtn"], errors  # AWQ's clip and scale search on the same statistics
 
 
 def test_gptq_needs_calibration_data(mlp: Path) -> None:
     from quantir.compiler import convert
 
-    with pytest.raises(Exception, match=r"GPTQ needs calibration data"):
+    with pytest.raises(Exception, match=r"GPTQ/AWQ need calibration data"):
         convert(prepare(str(mlp), GPTQConfig()))
     with pytest.raises(Exception, match=r"needs calib_data or run_fn"):
         quantize(str(mlp), GPTQConfig())
@@ -187,6 +189,10 @@ def test_minilm_weight_only_cosine_and_size(tmp_path: Path) -> None:
     cos = mean_cosine(reference, embed(str(gptq / "model.onnx"), held))
     print(f"MiniLM GPTQ int4 g32 sym: cos {cos:.4f}")  # measured 0.9840 (RTN 0.9622)
     assert cos >= 0.98, cos
+    awq = quantize(str(model), AWQConfig(), calib).save(tmp_path / "awq")
+    awq_cos = mean_cosine(reference, embed(str(awq / "model.onnx"), held))
+    print(f"MiniLM AWQ int4 g32 sym: cos {awq_cos:.4f}")  # measured 0.9800
+    assert awq_cos >= 0.975, awq_cos
     ov = quantize(str(model), RTNConfig(), backend="openvino").save(tmp_path / "ov", backend="openvino")
     report = get_backend("openvino").verify(ov, tokenize(held[:4]))
     assert report.coverage == 1.0 and not report.disagreements, report.format()

@@ -32,7 +32,7 @@ __all__ = ["add_arguments", "main"]
 MODELS = ("digits", "minilm")
 TOOLS = ("ort", "quantir", "quantir-sq", "nncf", "quantir-ov", "quantir-sq-ov")
 LOW_BIT_TOOLS = ("ort-dynamic", "quantir-dynamic", "quantir-dynamic-ov", "ort-nbits", "quantir-rtn", "quantir-gptq",
-                 "nncf-woq", "quantir-rtn-ov")  # fmt: skip
+                 "quantir-awq", "nncf-woq", "quantir-rtn-ov")  # fmt: skip
 """Weight-only and dynamic rows (MiniLM: `--tools` names them; they read no calibration data)."""
 HEAVY_OPS = ("Conv", "MatMul", "Gemm")
 INT8_KERNELS = ("QLinearConv", "QLinearMatMul", "QGemm", "MatMulIntegerToFloat", "ConvInteger", "MatMulInteger",
@@ -420,6 +420,7 @@ def _table(results: dict[str, Any], factor: int) -> str:
                      "ort-dynamic": "ORT quantize_dynamic (per channel)", "quantir-dynamic": "quantir dynamic",
                      "quantir-dynamic-ov": "OV: quantir dynamic", "ort-nbits": "ORT MatMulNBits RTN int4 g32 sym",
                      "quantir-rtn": "quantir RTN int4 g32 sym", "quantir-gptq": "quantir GPTQ int4 g32 sym",
+                     "quantir-awq": "quantir AWQ int4 g32 sym",
                      "nncf-woq": "OV: nncf.compress_weights int4 g32 sym",
                      "quantir-rtn-ov": "OV: quantir RTN int4 g32 sym"}[tool]  # fmt: skip
             ov_base = rows.get("fp32-ov") if tool in OV_TOOLS else None

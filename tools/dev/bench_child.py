@@ -111,14 +111,23 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
                                            group_size=32, ratio=1.0)  # fmt: skip
         (out_dir / "artifact").mkdir(parents=True, exist_ok=True)
         ov.save_model(compressed, out_dir / "artifact" / "model.xml", compress_to_fp16=False)
-    elif tool in ("quantir-dynamic", "quantir-dynamic-ov", "quantir-rtn", "quantir-rtn-ov", "quantir-gptq"):
+    elif tool in (
+        "quantir-dynamic",
+        "quantir-dynamic-ov",
+        "quantir-rtn",
+        "quantir-rtn-ov",
+        "quantir-gptq",
+        "quantir-awq",
+    ):
         from quantir.compiler.api import quantize
         from quantir.compiler.config.dynamic_config import DynamicQuantConfig
-        from quantir.compiler.config.weight_only_config import GPTQConfig, RTNConfig
+        from quantir.compiler.config.weight_only_config import AWQConfig, GPTQConfig, RTNConfig
 
         start = time.perf_counter()
         if tool == "quantir-gptq":  # the calibration batches every tool gets (GPTQ reads the Hessians of them)
             quantized = quantize(src, GPTQConfig(block_size=128, calibration_sampling_size=samples), stream())
+        elif tool == "quantir-awq":
+            quantized = quantize(src, AWQConfig(calibration_sampling_size=samples), stream())
         else:
             quantized = quantize(src, DynamicQuantConfig() if "dynamic" in tool else RTNConfig())
         quantized.save(out_dir / "artifact", backend="openvino" if tool in OV_TOOLS else None)
@@ -140,8 +149,9 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
 
         start = time.perf_counter()
         if tool in ("quantir-sq", "quantir-sq-ov"):  # SmoothQuant forced on, with the transformer alpha
-            cfg = StaticQuantConfig(calibration_sampling_size=samples, smooth_quant=True,
-                                    smooth_quant_alpha=SMOOTH_ALPHA)
+            cfg = StaticQuantConfig(
+                calibration_sampling_size=samples, smooth_quant=True, smooth_quant_alpha=SMOOTH_ALPHA
+            )
         else:  # the default: SmoothQuant where the IR has transformer blocks (recorded in report.txt)
             cfg = StaticQuantConfig(calibration_sampling_size=samples)
         quantized = quantize(src, cfg, stream())
