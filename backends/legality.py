@@ -8,12 +8,14 @@ from __future__ import annotations
 from collections.abc import Set
 
 from quantir.backends.contract import WeightOnlyCapability
-from quantir.ir import DType, GranularityKind, Node, QuantType, TensorType, Value
+from quantir.ir import DType, GranularityKind, Node, QuantSpec, QuantType, TensorType, Value
 
 __all__ = [
     "EIGHT_BIT",
+    "LOW_BIT_WEIGHTS",
     "activation_problem",
     "describe_params",
+    "is_dynamic_input",
     "is_grouped",
     "quant_type_of",
     "same_params",
@@ -70,7 +72,13 @@ def same_params(a: QuantType, b: QuantType) -> bool:
             and a.zero_point.tobytes() == b.zero_point.tobytes())  # fmt: skip
 
 
-_LOW_BIT = frozenset({DType.I4, DType.U4, DType.I8, DType.U8})
+LOW_BIT_WEIGHTS = frozenset({DType.I4, DType.U4, DType.I8, DType.U8})
+"""Weight-only storage types (ONNX blocked DequantizeLinear and OpenVINO compressed constants both have them)."""
+
+
+def is_dynamic_input(v: Value | None) -> bool:
+    """`v` carries a dynamic activation spec: quantized by the runtime from each batch."""
+    return v is not None and isinstance(v.quant, QuantSpec) and v.quant.dynamic
 
 
 def is_grouped(q: QuantType) -> bool:
@@ -83,7 +91,7 @@ def weight_only_problem(node: Node, w: Value, q: QuantType, caps: WeightOnlyCapa
     4/8-bit type (`caps.bits`) in groups along the reduction axis: axis 0 of a MatMul's [K, N] weight."""
     if node.op_type not in caps.ops:
         return f"{node.op_type} has no weight-only kernel in {runtime} ({caps.kernel} covers {', '.join(caps.ops)})"
-    if q.dtype not in _LOW_BIT or q.dtype.bits not in caps.bits:
+    if q.dtype not in LOW_BIT_WEIGHTS or q.dtype.bits not in caps.bits:
         return f"weight %{w.name} is {q.dtype}; {caps.kernel} takes {'/'.join(map(str, caps.bits))}-bit weights"
     g = q.granularity
     if g.kind is not GranularityKind.PER_GROUP or g.axis is None:

@@ -25,7 +25,7 @@ from quantir.compiler.passes.calibrate import Calibrator, calibrate_stream, for_
 from quantir.compiler.passes.dynamic_quant import DynamicQuant
 from quantir.compiler.passes.smooth_quant import SmoothQuant, select_smoothing_targets, smoothable_inputs
 from quantir.compiler.passes.weight_only_awq import WeightOnlyAWQ
-from quantir.compiler.passes.weight_only_gptq import WeightOnlyGPTQ, gptq_inputs
+from quantir.compiler.passes.weight_only_gptq import WeightOnlyGPTQ, layer_inputs
 from quantir.compiler.passes.weight_only_rtn import WeightOnlyRTN
 from quantir.compiler.qparams.output_steps import float_output_steps
 from quantir.compiler.qparams.scales import Convention
@@ -141,7 +141,7 @@ class PreparedModel:
     @property
     def calibrator(self) -> Calibrator:
         if self._calibrator is None and isinstance(self.config, (GPTQConfig, AWQConfig)):  # only the layer inputs
-            self._calibrator = Calibrator(self.graph, [], hessians=gptq_inputs(self.graph))
+            self._calibrator = Calibrator(self.graph, [], hessians=layer_inputs(self.graph))
         if self._calibrator is None:
             if self._annotated is None:
                 self._annotated = self.annotate()[0]

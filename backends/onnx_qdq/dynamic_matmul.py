@@ -9,7 +9,7 @@ all-MiniLM-L6-v2 b32 (AMX Xeon) this runs as fast as ORT's `quantize_dynamic` ou
 
 from __future__ import annotations
 
-from quantir.backends.onnx_qdq.matmul_nbits import MSFT_DOMAIN
+from quantir.backends.onnx_qdq.contrib import remove_unread, replace_with_contrib
 from quantir.ir import DType, Graph, Node, Tensor, Value
 
 __all__ = ["to_dynamic_matmul"]
@@ -55,17 +55,6 @@ def _bias_add(graph: Graph, mm: Node, n: int) -> tuple[Node, Value] | None:
     return add, other
 
 
-def _remove_unread(graph: Graph, nodes: tuple[Node, ...]) -> None:
-    for dead in nodes:
-        outs = [o for o in dead.outputs if o is not None]
-        if dead in graph.nodes and all(not o.uses() and not graph.is_output(o) for o in outs):
-            inputs = [v for v in dead.inputs if v is not None]
-            graph.erase(dead)
-            for v in inputs:
-                if v.is_constant and not v.uses():
-                    graph.remove_constant(v)
-
-
 def to_dynamic_matmul(graph: Graph) -> int:
     """Rewrite each MatMul that reads a dynamically quantized activation and a constant int8 weight through
     DequantizeLinear, in place; returns how many. An activation read by one such MatMul becomes
@@ -89,23 +78,12 @@ def to_dynamic_matmul(graph: Graph) -> int:
     for mm, dq_a, dql, dq_w, (w, s, z) in units:
         assert w.const is not None
         fused = _bias_add(graph, mm, w.const.shape[1])
-        last = fused[0] if fused is not None else mm
-        out = last.outputs[0]
-        assert out is not None
         bias: list[Value | None] = [fused[1]] if fused is not None else []
         if readers[dql] > 1:
             q, qs, qz = dql.outputs
             op, inputs = "MatMulIntegerToFloat", [q, w, qs, s, qz, z, *bias]
         else:
             op, inputs = "DynamicQuantizeMatMul", [dql.inputs[0], w, s, z, *bias]
-        new_out = Value(f"{out.name}__dynamic", out.type)
-        node = Node(op, inputs, [new_out], domain=MSFT_DOMAIN, name=mm.name, source=mm.source)
-        graph.insert_before(mm, node)
-        name = out.name
-        out.replace_all_uses_with(new_out, graph_outputs=graph)
-        if fused is not None:
-            graph.erase(fused[0])
-        graph.erase(mm)
-        new_out.name = name
-        _remove_unread(graph, (dq_w, dq_a, dql))
+        replace_with_contrib(graph, [mm, fused[0]] if fused is not None else [mm], op, inputs)
+        remove_unread(graph, [dq_w, dq_a, dql])
     return len(units)

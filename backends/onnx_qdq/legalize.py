@@ -13,6 +13,7 @@ from quantir.backends.contract import LegalizeReport, OpDecision, ValueChange
 from quantir.backends.legality import (
     activation_problem,
     describe_params,
+    is_dynamic_input,
     is_grouped,
     quant_type_of,
     same_params,
@@ -35,7 +36,7 @@ from quantir.backends.onnx_qdq.capabilities import (
     fold_problem,
 )
 from quantir.backends.onnx_qdq.matmul_nbits import blockable
-from quantir.ir import DType, GranularityKind, Graph, Node, QuantSpec, QuantType, TensorType, Value, traits_of
+from quantir.ir import DType, GranularityKind, Graph, Node, QuantType, TensorType, Value, traits_of
 from quantir.ir.traits import weight_inputs
 
 __all__ = ["LegalizeReport", "UnitStatus", "classify", "legalize_for_onnx_qdq", "quantized_compute_units"]
@@ -144,10 +145,6 @@ def _compute_unit(node: Node, cap: Capability, graph: Graph, opset: int) -> Unit
 
 
 DYNAMIC_KERNEL = "DynamicQuantizeMatMul"
-
-
-def is_dynamic_input(v: Value | None) -> bool:
-    return v is not None and isinstance(v.quant, QuantSpec) and v.quant.dynamic
 
 
 def _dynamic_unit(node: Node, weights: dict[int, int], cap: Capability) -> UnitStatus | None:

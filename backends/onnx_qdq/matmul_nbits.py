@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from quantir.ir import Attr, DType, Graph, Node, Tensor, TensorType, Value
+from quantir.backends.legality import LOW_BIT_WEIGHTS
+from quantir.backends.onnx_qdq.contrib import remove_unread, replace_with_contrib
+from quantir.ir import Attr, DType, Graph, Node, Tensor, Value
 
-__all__ = ["ACCURACY_LEVEL", "MSFT_DOMAIN", "blockable", "pack_matmul_nbits", "to_matmul_nbits"]
+__all__ = ["ACCURACY_LEVEL", "blockable", "pack_matmul_nbits", "to_matmul_nbits"]
 
-MSFT_DOMAIN = "com.microsoft"
 ACCURACY_LEVEL = 0
 
 
@@ -73,9 +74,6 @@ def _matmul_of(dq: Node) -> Node | None:
     return uses[0].node
 
 
-_LOW_BIT = frozenset({DType.I4, DType.U4, DType.I8, DType.U8})
-
-
 def _weight_dq(dq: Node) -> tuple[np.ndarray, np.ndarray, np.ndarray, DType, int] | None:
     """(codes [K, N], scales and zero points [k_blocks, N], storage, group size) of a blocked DequantizeLinear of a
     constant 2-D 4/8-bit weight along axis 0, or None."""
@@ -84,7 +82,7 @@ def _weight_dq(dq: Node) -> tuple[np.ndarray, np.ndarray, np.ndarray, DType, int
     w, s, z = dq.inputs[:3]
     if w is None or s is None or z is None or w.const is None or s.const is None or z.const is None:
         return None
-    if w.const.dtype not in _LOW_BIT or len(w.const.shape) != 2 or dq.attr("axis", 1) != 0:
+    if w.const.dtype not in LOW_BIT_WEIGHTS or len(w.const.shape) != 2 or dq.attr("axis", 1) != 0:
         return None
     group = dq.attr("block_size", 0)
     assert isinstance(group, int)
@@ -117,22 +115,9 @@ def to_matmul_nbits(graph: Graph) -> int:
         inputs: list[Value | None] = [mm.inputs[0], b, s]
         if zps is not None:
             inputs.append(graph.add_constant(f"{base}_zero_points", Tensor.from_numpy(zps, DType.U8)))
-        out = mm.outputs[0]
-        assert out is not None and isinstance(out.type, TensorType)
         attrs = {"K": Attr.of(k), "N": Attr.of(n), "bits": Attr.of(dtype.bits), "block_size": Attr.of(block),
                  "accuracy_level": Attr.of(ACCURACY_LEVEL)}  # fmt: skip
-        new_out = Value(f"{out.name}__nbits", out.type)
-        node = Node("MatMulNBits", inputs, [new_out], attrs=attrs, domain=MSFT_DOMAIN, name=mm.name,
-                    source=mm.source)  # fmt: skip
-        graph.insert_before(mm, node)
-        name = out.name
-        out.replace_all_uses_with(new_out, graph_outputs=graph)
-        old = [v for v in dq.inputs if v is not None]
-        graph.erase(mm)
-        graph.erase(dq)
-        for v in old:
-            if v.is_constant and not v.uses():
-                graph.remove_constant(v)
-        new_out.name = name
+        replace_with_contrib(graph, [mm], "MatMulNBits", inputs, attrs)
+        remove_unread(graph, [dq])
         count += 1
     return count

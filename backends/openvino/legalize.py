@@ -13,6 +13,7 @@ from __future__ import annotations
 from quantir.backends.contract import LegalizeReport, OpDecision, ValueChange
 from quantir.backends.legality import (
     activation_problem,
+    is_dynamic_input,
     is_grouped,
     quant_type_of,
     weight_only_problem,
@@ -28,11 +29,11 @@ from quantir.backends.openvino.capabilities import (
     WEIGHT_DTYPES,
     WEIGHT_ONLY,
 )
-from quantir.ir import GranularityKind, Graph, Node, QuantSpec, Value
+from quantir.ir import GranularityKind, Graph, Node
 from quantir.ir.traits import UnitKind, weight_inputs
 
 __all__ = [
-    "DYNAMIC_RUNTIME_CONFIG", "LegalizeReport", "has_dynamic_units", "is_dynamic_input", "is_weight_only_unit",
+    "DYNAMIC_RUNTIME_CONFIG", "LegalizeReport", "has_dynamic_units", "is_weight_only_unit",
     "legalize_for_openvino", "quantized_compute_units",
 ]  # fmt: skip
 
@@ -174,10 +175,6 @@ def is_weight_only_unit(node: Node) -> bool:
     if w is None or not w.is_constant or qw is None or _qtype(x) is not None:
         return False
     return is_grouped(qw) or is_dynamic_input(x)
-
-
-def is_dynamic_input(v: Value | None) -> bool:
-    return v is not None and isinstance(v.quant, QuantSpec) and v.quant.dynamic
 
 
 def has_dynamic_units(graph: Graph) -> bool:

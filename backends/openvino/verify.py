@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import openvino as ov
 
-from quantir.backends.contract import KernelRow, VerifyReport, compare_output
+from quantir.backends.contract import DYNAMIC_MAX_REL, KernelRow, VerifyReport, compare_output
 from quantir.backends.onnx_proto import ort_session, run_all
 from quantir.backends.onnx_proto.artifact import read_manifest
 from quantir.backends.openvino.capabilities import COVERAGE_LAYERS, RUNTIME, is_int8_primitive, is_weight_only_kernel
@@ -82,10 +82,6 @@ def compile_cpu(
         return OvRunner(ov.Core().compile_model(os.fspath(model), "CPU", config))
     except Exception as e:  # OpenVINO's own exception types
         raise SerializationError(f"OpenVINO cannot compile {os.fspath(model)!r} on CPU: {e}") from e
-
-
-DYNAMIC_MAX_REL = 0.15
-"""Output tolerance of a dynamic-quantized artifact against its reference, whose activations stay float."""
 
 
 def _rt(info: Any, key: str) -> str:

@@ -38,13 +38,14 @@ from quantir.compiler.config.quant_config import (
     local_key_text,
     nearest,
 )
+from quantir.ir.core import Node
 from quantir.ir.dtypes import DType
 from quantir.ir.errors import ConfigError
 from quantir.ir.types import Granularity, GranularityKind, QuantSpec, Scheme
 
 __all__ = [
     "FieldResolution", "LocalConfigurable", "OpRef", "QuantRequest", "ResolvedOpConfig", "TORCH_MODULE_TYPES",
-    "onnx_op_types", "resolve_fields", "resolve_op_configs",
+    "onnx_op_types", "op_ref", "resolve_fields", "resolve_op_configs",
 ]  # fmt: skip
 
 TORCH_MODULE_TYPES = frozenset(
@@ -108,6 +109,12 @@ class OpRef:
     def module_class(self) -> str | None:
         """The class name of `module_type` (`Linear`), which type keys match."""
         return self.module_type.rsplit(".", 1)[-1] if self.module_type else None
+
+
+def op_ref(node: Node, index: int) -> OpRef:
+    """The OpRef of an IR node (`index` is the caller's handle): its op type, name and torch provenance."""
+    src = node.source
+    return OpRef(index, node.op_type, node.name, src.module if src else None, src.module_type if src else None)
 
 
 @dataclass(frozen=True, slots=True)

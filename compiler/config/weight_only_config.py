@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, ClassVar
 
 from quantir.compiler.config.quant_config import (
     _BOOL,
@@ -31,7 +31,10 @@ from quantir.compiler.config.quant_config import (
 )
 from quantir.ir import ConfigError
 
-__all__ = ["AWQConfig", "GPTQConfig", "LM_HEAD_NAMES", "RTNConfig", "WEIGHT_ONLY_DTYPES_BUILT", "WOQ_PER_OP_FIELDS"]
+__all__ = [
+    "LM_HEAD_NAMES", "WEIGHT_ONLY_DTYPES_BUILT", "WOQ_PER_OP_FIELDS", "AWQConfig", "GPTQConfig", "RTNConfig",
+    "weight_bits",
+]  # fmt: skip
 
 LM_HEAD_NAMES = (".*lm_head", ".*output_layer", ".*embed_out")
 """INC's name regexes of language-model heads, kept fp32 unless `quant_lm_head=True`."""
@@ -42,6 +45,14 @@ _RTN_DTYPES = (
 )  # fmt: skip
 WEIGHT_ONLY_DTYPES_BUILT = ("int", "int8", "int4", "fp32")
 """The `dtype`s quantir implements (integer RTN and fallback); INC's nf4/fp4/fp8 weight formats are refused by name."""
+
+
+def weight_bits(values: Mapping[str, Any]) -> int:
+    """The storage width of resolved weight-only fields: `dtype` "int4"/"int8" names it, else `bits` does."""
+    bits = {"int4": 4, "int8": 8}.get(str(values["dtype"]), values["bits"])
+    assert isinstance(bits, int)
+    return bits
+
 
 WOQ_PER_OP_FIELDS = ("dtype", "bits", "use_sym", "group_size", "group_dim", "use_full_range", "use_mse_search")
 """RTNConfig fields that can differ per op (set_local, 2.x dicts) and that may be lists (tuning)."""
@@ -54,6 +65,10 @@ _CHECKS: dict[str, _Check] = {
     "double_quant_group_size": _int_at_least(1, (-1,)), "quant_lm_head": _BOOL, "op_name_dict": _DICT,
     "op_type_dict": _DICT,
 }  # fmt: skip
+
+_FRACTION = _Check(
+    "a fraction in (0, 1)", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1
+)
 
 _2X_WEIGHT = {"dtype": "dtype", "bits": "bits", "group_size": "group_size", "scheme": "use_sym",
               "algorithm": "", "group_dim": "group_dim"}  # fmt: skip
@@ -87,20 +102,25 @@ class RTNConfig:
     op_name_dict: dict[str, Any] = field(default_factory=dict)
     op_type_dict: dict[str, Any] = field(default_factory=dict)
     _local: dict[LocalKey, RTNConfig] = field(default_factory=dict, init=False, repr=False)
+    KEY: ClassVar[str] = "rtn"
+    """The config's key in INC's dict form (`{"rtn": {"global": ...}}`)."""
+    EXTRA_CHECKS: ClassVar[dict[str, _Check]] = {}
+    """A subclass's own fields and their checks."""
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         """ConfigError naming the field, the value and what is allowed; a list-valued tunable field checks each item."""
-        for name, check in _CHECKS.items():
+        owner = type(self).__name__
+        for name, check in {**_CHECKS, **self.EXTRA_CHECKS}.items():
             value = getattr(self, name)
             items = value if name in WOQ_PER_OP_FIELDS and isinstance(value, list) else [value]
             if not items:
-                raise ConfigError(f"RTNConfig.{name}=[]: a tuning list needs at least one value")
+                raise ConfigError(f"{owner}.{name}=[]: a tuning list needs at least one value")
             for item in items:
                 if not check.ok(item):
-                    raise ConfigError(f"RTNConfig.{name}={item!r}: expected {check.expect}")
+                    raise ConfigError(f"{owner}.{name}={item!r}: expected {check.expect}")
         for dict_name in ("op_name_dict", "op_type_dict"):
             for key, entry in getattr(self, dict_name).items():
                 self.op_dict_fields(dict_name, key, entry)
@@ -184,7 +204,7 @@ class RTNConfig:
     # ---- dict form ----
 
     def to_dict(self) -> dict[str, Any]:
-        """INC's `{"rtn": {"global": {...}, "local": {...}}}` form (locals list only what differs from defaults)."""
+        """INC's `{KEY: {"global": {...}, "local": {...}}}` form (locals list only what differs from defaults)."""
         body: dict[str, Any] = {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.init}
         for dict_name in ("op_name_dict", "op_type_dict"):
             if not body[dict_name]:
@@ -196,14 +216,14 @@ class RTNConfig:
                 str(getattr(k, "__name__", k)): {n: v for n, v in c.per_op_fields().items() if v != defaults[n]}
                 for k, c in self._local.items()
             }
-        return {"rtn": out}
+        return {self.KEY: out}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "config") -> RTNConfig:
-        """From `to_dict`'s form (the `rtn` key optional); `source` (a file name) is named in every error."""
+        """From `to_dict`'s form (the KEY level optional); `source` (a file name) is named in every error."""
         body = dict(_mapping(data, source))
-        if set(body) == {"rtn"}:
-            body = dict(_mapping(body["rtn"], f"'rtn' in {source}"))
+        if set(body) == {cls.KEY}:
+            body = dict(_mapping(body[cls.KEY], f"{cls.KEY!r} in {source}"))
         body.update(_mapping(body.pop("global", {}), f"'global' in {source}"))
         local = _mapping(body.pop("local", {}), f"'local' in {source}")
         cfg = _construct(body, source, [f.name for f in fields(cls) if f.init], cls)
@@ -235,25 +255,11 @@ class GPTQConfig(RTNConfig):
     calibration_sampling_size: int = 128
     """Calibration samples the Hessians use (INC 2.x's GPTQ `nsamples` default; 3.x leaves it to `run_fn`)."""
 
-    def validate(self) -> None:
-        RTNConfig.validate(self)
-        for name in ("act_order", "static_groups", "true_sequential"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"GPTQConfig.{name}={getattr(self, name)!r}: expected True or False")
-        if isinstance(self.percdamp, bool) or not isinstance(self.percdamp, (int, float)) or not 0 < self.percdamp < 1:
-            raise ConfigError(f"GPTQConfig.percdamp={self.percdamp!r}: expected a fraction in (0, 1)")
-        for name in ("block_size", "calibration_sampling_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"GPTQConfig.{name}={value!r}: expected an int >= 1")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"gptq": RTNConfig.to_dict(self)["rtn"]}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str = "config") -> RTNConfig:
-        body = dict(_mapping(data, source))
-        return super().from_dict(body["gptq"] if set(body) == {"gptq"} else body, source=source)
+    KEY: ClassVar[str] = "gptq"
+    EXTRA_CHECKS: ClassVar[dict[str, _Check]] = {
+        "act_order": _BOOL, "static_groups": _BOOL, "true_sequential": _BOOL, "percdamp": _FRACTION,
+        "block_size": _int_at_least(1), "calibration_sampling_size": _int_at_least(1),
+    }  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -266,19 +272,7 @@ class AWQConfig(RTNConfig):
     calibration_sampling_size: int = 128
     """Calibration samples the statistics use (INC 2.x's AWQ `nsamples` default)."""
 
-    def validate(self) -> None:
-        RTNConfig.validate(self)
-        for name in ("use_auto_scale", "use_auto_clip"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"AWQConfig.{name}={getattr(self, name)!r}: expected True or False")
-        value = self.calibration_sampling_size
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"AWQConfig.calibration_sampling_size={value!r}: expected an int >= 1")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"awq": RTNConfig.to_dict(self)["rtn"]}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str = "config") -> RTNConfig:
-        body = dict(_mapping(data, source))
-        return super().from_dict(body["awq"] if set(body) == {"awq"} else body, source=source)
+    KEY: ClassVar[str] = "awq"
+    EXTRA_CHECKS: ClassVar[dict[str, _Check]] = {
+        "use_auto_scale": _BOOL, "use_auto_clip": _BOOL, "calibration_sampling_size": _int_at_least(1),
+    }  # fmt: skip

@@ -14,7 +14,7 @@ from typing import ClassVar
 from quantir.backends.contract import CapabilityTable
 from quantir.backends.registry import DEFAULT_BACKEND, get_backend
 from quantir.compiler.config.quant_config import StaticQuantConfig
-from quantir.compiler.config.resolve import OpRef, ResolvedOpConfig, resolve_op_configs
+from quantir.compiler.config.resolve import ResolvedOpConfig, op_ref, resolve_op_configs
 from quantir.compiler.decisions import record
 from quantir.compiler.isa import default_reduce_range
 from quantir.compiler.pass_manager import PassContext, PassResult, register_pass
@@ -34,11 +34,6 @@ per-tensor rounding of the residual."""
 
 def _is_float_tensor(v: Value | None) -> bool:
     return v is not None and isinstance(v.type, TensorType) and v.type.dtype in _FLOAT_TYPES
-
-
-def _op_ref(node: Node, index: int) -> OpRef:
-    src = node.source
-    return OpRef(index, node.op_type, node.name, src.module if src else None, src.module_type if src else None)
 
 
 def _weight_spec(spec: QuantSpec, reduce_range: bool) -> QuantSpec:
@@ -102,7 +97,7 @@ class Annotate:
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         caps = get_backend(self.backend).capabilities
         nodes = list(graph.nodes)
-        resolved = resolve_op_configs(self.config, [_op_ref(n, i) for i, n in enumerate(nodes)],
+        resolved = resolve_op_configs(self.config, [op_ref(n, i) for i, n in enumerate(nodes)],
                                       known_op_types=set(caps.units))  # fmt: skip
         wants = {n: caps.units.get(n.op_type) is not None and r.quantize for n, r in zip(nodes, resolved, strict=True)}
         changed_intent = True

@@ -15,13 +15,13 @@ import numpy as np
 
 from quantir.backends.registry import DEFAULT_BACKEND, get_backend
 from quantir.compiler.config.dynamic_config import DynamicQuantConfig
-from quantir.compiler.config.resolve import OpRef, resolve_op_configs
+from quantir.compiler.config.resolve import op_ref, resolve_op_configs
 from quantir.compiler.decisions import record
 from quantir.compiler.isa import default_reduce_range
 from quantir.compiler.pass_manager import PassContext, PassResult, register_pass
-from quantir.compiler.passes.weight_only_rtn import weight_only_ops
+from quantir.compiler.passes.weight_only_rtn import constant_weight, weight_only_ops
 from quantir.compiler.qparams.scales import Convention, compute_qparams
-from quantir.ir import ConfigError, DType, Granularity, GranularityKind, Graph, Node, QuantSpec, Scheme, weight_inputs
+from quantir.ir import ConfigError, DType, Granularity, GranularityKind, Graph, Node, QuantSpec, Scheme, Value
 from quantir.ir.types import DYNAMIC_OBSERVER
 
 __all__ = ["DynamicQuant", "dynamic_spec"]
@@ -32,15 +32,12 @@ def dynamic_spec() -> QuantSpec:
     return QuantSpec(DType.U8, Scheme.ASYM, Granularity.per_tensor(), DYNAMIC_OBSERVER)
 
 
-def _weight(node: Node) -> tuple[int, int] | None:
-    """(weight input, its input-channel axis) of a MatMul/Gemm with a constant 2-D float weight."""
-    axes = weight_inputs(node)
-    w = node.inputs[1] if node.op_type in ("MatMul", "Gemm") and 1 in axes else None
-    if w is None or w.const is None or len(w.const.shape) != 2 or not w.const.dtype.is_float:
-        return None
+def _weight(node: Node) -> tuple[Value, int] | None:
+    """The constant 2-D weight and its input-channel axis (`constant_weight`), of an op whose data input is not
+    transposed (a Gemm with transA has no dynamic kernel)."""
     if node.op_type == "Gemm" and node.attr("transA", 0):
         return None
-    return 1, 1 - axes[1]
+    return constant_weight(node)
 
 
 @register_pass
@@ -53,8 +50,7 @@ class DynamicQuant:
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         backend = get_backend(self.backend)
         nodes = weight_only_ops(graph)
-        refs = [OpRef(i, n.op_type, n.name, n.source.module if n.source else None,
-                      n.source.module_type if n.source else None) for i, n in enumerate(nodes)]  # fmt: skip
+        refs = [op_ref(n, i) for i, n in enumerate(nodes)]
         changed = False
         for node, res in zip(nodes, resolve_op_configs(self.config, refs), strict=True):
             if not res.quantize:
@@ -76,10 +72,9 @@ class DynamicQuant:
             if res.weight.dtype is not DType.I8 or res.weight.scheme is not Scheme.SYM:
                 raise ConfigError(f"op {node.name!r}: dynamic quantization takes int8 symmetric weights (w_dtype="
                                   f"'int8', w_sym=True); got {res.weight.dtype} {res.weight.scheme.value}")  # fmt: skip
-            idx, k_axis = found
-            w = node.inputs[idx]
+            w, k_axis = found
             x = node.inputs[0]
-            assert w is not None and w.const is not None and x is not None
+            assert w.const is not None and x is not None
             data = np.asarray(w.const.numpy(), dtype=np.float32)
             per_channel = res.weight.granularity is GranularityKind.PER_CHANNEL
             reduce = default_reduce_range() if res.reduce_range is None else res.reduce_range

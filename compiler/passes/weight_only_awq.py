@@ -21,10 +21,10 @@ import numpy as np
 
 from quantir.backends.registry import DEFAULT_BACKEND, get_backend
 from quantir.compiler.config.resolve import FieldResolution
-from quantir.compiler.config.weight_only_config import AWQConfig
+from quantir.compiler.config.weight_only_config import AWQConfig, weight_bits
 from quantir.compiler.decisions import record
 from quantir.compiler.pass_manager import PassContext, PassResult, register_pass
-from quantir.compiler.passes.weight_only_gptq import gptq_inputs
+from quantir.compiler.passes.weight_only_gptq import layer_inputs
 from quantir.compiler.passes.weight_only_rtn import WeightOnlyRTN
 from quantir.compiler.qparams.weight_only import rtn_qtype
 from quantir.ir import Graph, Node, QuantType, Tensor, Value
@@ -36,22 +36,22 @@ _ALPHAS = np.arange(20) / 20.0
 _CLIPS = 1.0 - np.arange(10) / 20.0
 
 
-def _bits(values: object) -> int:
-    v = dict(values)  # type: ignore[call-overload]
-    bits = {"int4": 4, "int8": 8}.get(str(v["dtype"]), v["bits"])
-    assert isinstance(bits, int)
-    return bits
-
-
 def _output_error(dw: np.ndarray, h: np.ndarray) -> float:
     """tr(ΔWᵀ H ΔW) for ΔW [K, N]: the calibration output error of a weight change."""
     return float(np.sum((h @ dw) * dw))
 
 
-def _readers(graph: Graph, name: str) -> list[Node]:
-    return [u.node for v in graph.values() if v.name == name for u in v.uses()
+def _readers(x: Value) -> list[Node]:
+    """The MatMuls with a constant 2-D weight that read `x` as their data input."""
+    return [u.node for u in x.uses()
             if u.idx == 0 and u.node.op_type == "MatMul" and u.node.inputs[1] is not None
             and u.node.inputs[1].const is not None and len(u.node.inputs[1].const.shape) == 2]  # fmt: skip
+
+
+def _scales(mean: np.ndarray, a: float) -> np.ndarray:
+    """AWQ's per-channel scales mean|x|^a, normalized to a geometric mean of 1 (of the extremes)."""
+    s = np.power(np.maximum(mean, 1e-8), a)
+    return s / np.sqrt(s.max() * s.min())
 
 
 @register_pass
@@ -65,7 +65,7 @@ class WeightOnlyAWQ:
         cfg = self.config
         glob = cfg.per_op_fields()
         bits, sym, group, full = (
-            _bits(glob),
+            weight_bits(glob),
             bool(glob["use_sym"]),
             int(glob["group_size"]),
             bool(glob["use_full_range"]),
@@ -76,32 +76,29 @@ class WeightOnlyAWQ:
 
         scaled = 0
         if cfg.use_auto_scale:
-            for name in gptq_inputs(graph):
-                readers = _readers(graph, name)
+            values = {v.name: v for v in graph.values()}
+            for name in layer_inputs(graph):
+                x = values[name]
+                readers = _readers(x)
                 h, mean = ctx.hessians.get(name), ctx.channel_means.get(name)
-                if not readers or h is None or mean is None or any(n.op_type != "MatMul" for n in readers):
+                if not readers or h is None or mean is None:
                     continue
-                x = readers[0].inputs[0]
-                assert x is not None
                 weights = [np.asarray(n.inputs[1].const.numpy(), np.float64) for n in readers]  # type: ignore[union-attr]
                 best, best_err = 0.0, np.inf
                 for a in _ALPHAS:
-                    s = np.power(np.maximum(mean, 1e-8), a)
-                    s = s / np.sqrt(s.max() * s.min())
+                    s = _scales(mean, float(a))
                     err = sum(_output_error(rtn(w * s[:, None]) / s[:, None] - w, h) for w in weights)
                     if err < best_err:
                         best, best_err = float(a), err
                 if best == 0.0:
                     continue
-                s = np.power(np.maximum(mean, 1e-8), best)
-                s = s / np.sqrt(s.max() * s.min())
-                self._apply_scale(graph, ctx, x, readers, s, best)
+                self._apply_scale(graph, ctx, x, readers, _scales(mean, best), best)
                 scaled += 1
         hessians = ctx.hessians
 
         def clipped(node: Node, res: FieldResolution, data: np.ndarray, axis: int) -> QuantType:
             v = res.values
-            b, sy, fr = _bits(v), bool(v["use_sym"]), bool(v["use_full_range"])
+            b, sy, fr = weight_bits(v), bool(v["use_sym"]), bool(v["use_full_range"])
             g = v["group_size"]
             assert isinstance(g, int)
             x = node.inputs[0]

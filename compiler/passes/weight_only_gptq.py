@@ -23,17 +23,18 @@ import numpy as np
 
 from quantir.backends.registry import DEFAULT_BACKEND, get_backend
 from quantir.compiler.config.resolve import FieldResolution
-from quantir.compiler.config.weight_only_config import GPTQConfig
+from quantir.compiler.config.weight_only_config import GPTQConfig, weight_bits
 from quantir.compiler.pass_manager import PassContext, PassResult, register_pass
 from quantir.compiler.passes.weight_only_rtn import WeightOnlyRTN
 from quantir.compiler.qparams.weight_only import rtn_qtype
 from quantir.ir import ConfigError, Granularity, Graph, Node, QuantType, Tensor
 
-__all__ = ["WeightOnlyGPTQ", "gptq_inputs", "gptq_quantize"]
+__all__ = ["WeightOnlyGPTQ", "layer_inputs", "gptq_quantize"]
 
 
-def gptq_inputs(graph: Graph) -> list[str]:
-    """The inputs whose Hessians GPTQ needs: the data input of every MatMul/Gemm with a constant 2-D weight."""
+def layer_inputs(graph: Graph) -> list[str]:
+    """The inputs whose statistics GPTQ and AWQ need (Hessian, mean |x|): the data input of every MatMul/Gemm with a
+    constant 2-D weight."""
     names = []
     for node in graph.nodes:
         x = node.inputs[0] if node.inputs else None
@@ -150,8 +151,7 @@ class WeightOnlyGPTQ:
             if axis != k_axis:
                 raise ConfigError(f"op {node.name!r}: GPTQ groups the input channels (group_dim=1)")
             v = res.values
-            bits = {"int4": 4, "int8": 8}.get(str(v["dtype"]), v["bits"])
-            assert isinstance(bits, int)
+            bits = weight_bits(v)
             group = v["group_size"]
             assert isinstance(group, int)
             q_weights, qtype = gptq_quantize(

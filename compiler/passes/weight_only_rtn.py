@@ -16,15 +16,15 @@ from typing import Any, ClassVar
 import numpy as np
 
 from quantir.backends.registry import DEFAULT_BACKEND, get_backend
-from quantir.compiler.config.resolve import FieldResolution, OpRef, resolve_fields
-from quantir.compiler.config.weight_only_config import WEIGHT_ONLY_DTYPES_BUILT, RTNConfig
+from quantir.compiler.config.resolve import FieldResolution, op_ref, resolve_fields
+from quantir.compiler.config.weight_only_config import WEIGHT_ONLY_DTYPES_BUILT, RTNConfig, weight_bits
 from quantir.compiler.decisions import record
 from quantir.compiler.pass_manager import PassContext, PassResult, register_pass
 from quantir.compiler.qparams.weight_only import rtn_qtype
 from quantir.ir import ConfigError, Graph, Node, QuantType, Value, weight_inputs
 from quantir.ir.quant_math import fake_quantize
 
-__all__ = ["WeightOnlyRTN", "weight_only_ops"]
+__all__ = ["WeightOnlyRTN", "constant_weight", "weight_only_ops"]
 
 _HEAVY = ("MatMul", "Gemm", "Conv", "ConvTranspose")
 
@@ -32,7 +32,7 @@ WeightMath = Callable[[Node, FieldResolution, np.ndarray, int], QuantType]
 _CLIP_RATIOS = 1.0 - np.arange(40) / 200.0
 
 
-def _weight(node: Node) -> tuple[Value, int] | None:
+def constant_weight(node: Node) -> tuple[Value, int] | None:
     """The constant 2-D weight of a MatMul/Gemm and its input-channel (reduction) axis."""
     axes = weight_inputs(node)
     if node.op_type not in ("MatMul", "Gemm") or 1 not in axes:
@@ -46,11 +46,6 @@ def _weight(node: Node) -> tuple[Value, int] | None:
 def weight_only_ops(graph: Graph) -> list[Node]:
     """The heavy ops of `graph` (Conv/MatMul/Gemm), whose decisions weight-only quantization reports."""
     return [n for n in graph.nodes if n.op_type in _HEAVY]
-
-
-def _bits(values: dict[str, Any] | Any) -> int:
-    dtype = values["dtype"]
-    return {"int4": 4, "int8": 8}.get(dtype, values["bits"])
 
 
 def _clip_search(w: np.ndarray, make: Any) -> QuantType:
@@ -86,12 +81,11 @@ class WeightOnlyRTN:
         if self.config.use_double_quant:
             raise ConfigError("RTNConfig.use_double_quant=True: double quantization of the scales is not implemented")
         nodes = weight_only_ops(graph)
-        refs = [OpRef(i, n.op_type, n.name, n.source.module if n.source else None,
-                      n.source.module_type if n.source else None) for i, n in enumerate(nodes)]  # fmt: skip
+        refs = [op_ref(n, i) for i, n in enumerate(nodes)]
         changed = False
         for node, res in zip(nodes, resolve_fields(self.config, refs), strict=True):
-            if res.values["dtype"] != "fp32" and _weight(node) is not None:
-                problem = caps.bits_problem(_bits(res.values), backend.name)
+            if res.values["dtype"] != "fp32" and constant_weight(node) is not None:
+                problem = caps.bits_problem(weight_bits(res.values), backend.name)
                 if problem is not None:
                     raise ConfigError(f"op {node.name!r}: RTNConfig: {problem}")
             quantized, reason = self._apply(node, res, caps.ops, caps.kernel)
@@ -109,7 +103,7 @@ class WeightOnlyRTN:
             built = ", ".join(WEIGHT_ONLY_DTYPES_BUILT[:-1])
             raise ConfigError(f"op {node.name!r}: RTNConfig dtype={dtype!r} is not implemented; quantir's weight-only "
                               f"formats are {built} (and fp32 to keep an op float)")  # fmt: skip
-        found = _weight(node)
+        found = constant_weight(node)
         if found is None:
             if node.op_type.startswith("Conv"):
                 return False, "weight-only quantization covers MatMul/Gemm (Linear) weights, not Conv weights"
@@ -122,7 +116,7 @@ class WeightOnlyRTN:
         w, k_axis = found
         data = np.asarray(w.const.numpy() if w.const is not None else (), dtype=np.float32)
         axis = k_axis if values["group_dim"] == 1 else 1 - k_axis
-        bits, sym, full = _bits(values), bool(values["use_sym"]), bool(values["use_full_range"])
+        bits, sym, full = weight_bits(values), bool(values["use_sym"]), bool(values["use_full_range"])
 
         group = values["group_size"]
         assert isinstance(group, int)
