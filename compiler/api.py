@@ -16,8 +16,9 @@ import onnx
 from quantir.backends.registry import DEFAULT_BACKEND, get_backend
 from quantir.compiler.calibration.data import validate_batch
 from quantir.compiler.config.dynamic_config import DynamicQuantConfig
-from quantir.compiler.config.quant_config import FP8Config, StaticQuantConfig
-from quantir.compiler.config.weight_only_config import AWQConfig, GPTQConfig, RTNConfig
+from quantir.compiler.config.expansion import list_fields
+from quantir.compiler.config.quant_config import STATIC_TUNABLE_FIELDS, FP8Config, StaticQuantConfig
+from quantir.compiler.config.weight_only_config import WOQ_PER_OP_FIELDS, AWQConfig, GPTQConfig, RTNConfig
 from quantir.compiler.model_io import load_graph
 from quantir.compiler.pass_manager import Pass, PassContext, PassManager, PrintMode
 from quantir.compiler.passes import Annotate, Canonicalize, ComputeQParams, EliminateDeadCode, FoldConstants
@@ -62,6 +63,12 @@ def _check_config(cfg: Any, where: str) -> QuantConfig:
     if not isinstance(cfg, (StaticQuantConfig, RTNConfig)):
         found = type(cfg).__name__
         raise ConfigError(f"{where}: quant_config must be a StaticQuantConfig or an RTNConfig, got {found}")
+    if cfg.tunable:
+        tunable = STATIC_TUNABLE_FIELDS if isinstance(cfg, StaticQuantConfig) else WOQ_PER_OP_FIELDS
+        lists = ", ".join(list_fields(cfg, tunable))
+        raise ConfigError(f"{where}: the {type(cfg).__name__} has list-valued fields ({lists}), "
+                          "so it stands for several configs: pass it to autotune(), or quantize one of "
+                          "config.expand()")  # fmt: skip
     return cfg
 
 
@@ -118,6 +125,11 @@ class PreparedModel:
         self._calibrator: Calibrator | None = None
         self._annotated: Graph | None = None
         """prepare's config annotated once (checks the config; calibration reads which values it quantizes)."""
+        self.tuning_configs: list[QuantConfig] = []
+        """Further configs calibration must serve (autotune's trials): their statistics are collected too."""
+        self.kept_batches: list[dict[str, np.ndarray]] = []
+        self.keep_samples = 0
+        """Calibration batches kept, up to `keep_samples` samples (autotune's sensitivity analysis reads them)."""
 
     def annotate(
         self, quant_config: QuantConfig | None = None, *, print_ir: bool = False
@@ -140,29 +152,38 @@ class PreparedModel:
 
     @property
     def calibrator(self) -> Calibrator:
-        if self._calibrator is None and isinstance(self.config, (GPTQConfig, AWQConfig)):  # only the layer inputs
-            self._calibrator = Calibrator(self.graph, [], hessians=layer_inputs(self.graph))
         if self._calibrator is None:
-            if self._annotated is None:
-                self._annotated = self.annotate()[0]
-            needed = for_specs(self._annotated)
-            # Every tensor any config could quantize: configs only narrow what the default config quantizes (fall
-            # back, change dtype, scheme or algorithm), so its activations are the candidates.
-            default = StaticQuantConfig()
-            widest = self._annotated if self.config == default else self.annotate(default)[0]
-            candidates = [v.name for v in observed_values(widest)]
-            histograms = [*needed["histograms"], *candidates] if needed["histograms"] else []  # the config uses one
-            static = isinstance(self.config, StaticQuantConfig) and smooth_quant_plan(self.config, self.graph).enabled
-            smooth = smoothable_inputs(self.graph) if static else []
-            channels = [*needed["channels"], *((n, -1) for n in smooth)]
-            self._calibrator = Calibrator(self.graph, [*needed["observe"], *candidates], histograms=histograms,
-                                          channels=list(dict.fromkeys(channels)),
-                                          required=needed["required"])  # fmt: skip
+            self._calibrator = self._make_calibrator()
         return self._calibrator
+
+    def _make_calibrator(self) -> Calibrator:
+        """Observers for what prepare's config and every config of `tuning_configs` can need."""
+        configs = [self.config, *self.tuning_configs]
+        hessians = layer_inputs(self.graph) if any(isinstance(c, (GPTQConfig, AWQConfig)) for c in configs) else []
+        static = [c for c in configs if isinstance(c, StaticQuantConfig) and _is_static(c)]
+        if not static and hessians:  # GPTQ/AWQ only: just the layer inputs
+            return Calibrator(self.graph, [], hessians=hessians)
+        if self._annotated is None:
+            self._annotated = self.annotate()[0]
+        # Every tensor any config could quantize: configs only narrow what the default config quantizes (fall
+        # back, change dtype, scheme or algorithm), so its activations are the candidates.
+        default = StaticQuantConfig()
+        widest = self._annotated if self.config == default else self.annotate(default)[0]
+        candidates = [v.name for v in observed_values(widest)]
+        needs = [for_specs(self._annotated), *(for_specs(self.annotate(c)[0]) for c in static if c is not self.config)]
+        hist = [n for need in needs for n in need["histograms"]]
+        histograms = [*hist, *candidates] if hist else []  # some config uses a histogram algorithm
+        smooth = smoothable_inputs(self.graph) if any(smooth_quant_plan(c, self.graph).enabled for c in static) else []
+        channels = [*(key for need in needs for key in need["channels"]), *((n, -1) for n in smooth)]
+        observe = [*(n for need in needs for n in need["observe"]), *candidates]
+        return Calibrator(self.graph, list(dict.fromkeys(observe)), histograms=list(dict.fromkeys(histograms)),
+                          channels=list(dict.fromkeys(channels)), required=needs[0]["required"],
+                          hessians=hessians)  # fmt: skip
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         item: Any = kwargs if kwargs else (args[0] if len(args) == 1 else tuple(args))
         feed = validate_batch(item, self.graph, self.calibrator.samples)
+        self._keep(feed)
         outputs = [self._to_caller(o, item) for o in self.calibrator.observe(feed)]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
@@ -173,8 +194,16 @@ class PreparedModel:
         on stderr when it is a terminal (`progress=False`: never). An .npz is cut into batches of `batch_size`
         (default: the batch the model fixes, else 32)."""
         size = sampling_size if sampling_size is not None else getattr(self.config, "calibration_sampling_size", 100)
-        calibrate_stream(self.calibrator, data, self.graph, size, progress=progress, batch_size=batch_size)
+        calibrate_stream(self.calibrator, data, self.graph, size, progress=progress, batch_size=batch_size,
+                         on_feed=self._keep)
         return self
+
+    def _keep(self, feed: dict[str, np.ndarray]) -> None:
+        kept = sum(len(next(iter(b.values()))) for b in self.kept_batches if b)
+        rows = len(next(iter(feed.values()))) if feed and next(iter(feed.values())).ndim else 1
+        if kept < self.keep_samples:
+            take = min(rows, self.keep_samples - kept)
+            self.kept_batches.append({k: v[:take] if v.ndim and len(v) == rows else v for k, v in feed.items()})
 
     @staticmethod
     def _to_caller(out: np.ndarray, item: Any) -> Any:

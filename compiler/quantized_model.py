@@ -67,6 +67,8 @@ class QuantizedModel:
         self._legal: dict[str, Legalized] = {}
         self._runner: Runner | None = None
         self._tmp: str | None = None
+        self.tuning: Any = None
+        """autotune's TuningResult (trials, goal, whether it was met) when this model came from autotune."""
 
     def legalized(self, backend: str | None = None) -> Legalized:
         target = get_backend(backend or self.backend)

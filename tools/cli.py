@@ -110,9 +110,9 @@ def _cmd_layers(args: argparse.Namespace) -> int:
 
     from quantir.backends.onnx_proto.artifact import read_manifest
     from quantir.compiler.calibration.data import feeds
+    from quantir.compiler.layer_error import layer_errors, rows_as_json
     from quantir.frontends.onnx import import_onnx
     from quantir.ir.atomic import atomic_binary_file
-    from quantir.tools.layer_error import layer_errors, rows_as_json
 
     path = Path(args.model)
     if path.is_dir():

@@ -332,7 +332,7 @@ def _collapse(model: QuantizedModel, target: str, collapsed: list[tuple[str, flo
               batches: Callable[[], Iterator[dict[str, np.ndarray]]]) -> str:  # fmt: skip
     """Why the quantized model is unusable: the collapsed outputs and the first layer (in graph order) whose SQNR
     against the float model is below `COLLAPSED_DB`, with the fallback to try."""
-    from quantir.tools.layer_error import layer_errors
+    from quantir.compiler.layer_error import layer_errors
 
     outputs = ", ".join(f"{n!r} (mean cosine {c:.3f})" for n, c in collapsed)
     text = f"the {target} model collapsed: its output {outputs} is below {QUALITY_FLOOR} against the float model"

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeAlias
 
+from quantir.compiler.config.expansion import expand_lists, list_fields
 from quantir.ir.dtypes import DType
 from quantir.ir.errors import ConfigError
 
 __all__ = [
-    "FLOAT_DTYPES", "PER_OP_FIELDS", "QUANT_DTYPES", "ConfigWarning", "FP8Config", "LocalKey",
+    "FLOAT_DTYPES", "PER_OP_FIELDS", "QUANT_DTYPES", "STATIC_TUNABLE_FIELDS", "ConfigWarning", "FP8Config", "LocalKey",
     "StaticQuantConfig", "check_combination", "compile_key", "load_config", "local_key_label", "local_key_text",
     "construct_config", "nearest", "op_dict_fields", "save_config",
 ]  # fmt: skip
@@ -48,6 +49,11 @@ PER_OP_FIELDS = (
 )  # fmt: skip
 """StaticQuantConfig fields a local config may set; the others (sampling size, excluded precisions, the 2.x
 dicts) belong to the global config only."""
+
+
+STATIC_TUNABLE_FIELDS = (*PER_OP_FIELDS, "smooth_quant", "smooth_quant_alpha")
+"""StaticQuantConfig fields that may hold a list of values to tune over (`expand`), e.g. INC's static tuning
+set `act_sym=[True, False], act_algo=["kl", "minmax"]` or a SmoothQuant alpha list."""
 
 
 class ConfigWarning(UserWarning):
@@ -301,12 +307,36 @@ class StaticQuantConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ConfigError naming the field, the value and what is allowed (run on construction and resolution)."""
-        _validate(self, _STATIC_CHECKS)
-        check_combination(self.per_op_fields(), self.excluded_precisions)
+        """Raise ConfigError naming the field, the value and what is allowed (run on construction and resolution).
+        A tunable field (`STATIC_TUNABLE_FIELDS`) may hold a non-empty list of values: each is checked, and each
+        combination `expand` gives is checked as a config."""
+        tuned = list_fields(self, STATIC_TUNABLE_FIELDS)
+        for name in tuned:
+            if not getattr(self, name):
+                raise ConfigError(f"{type(self).__name__}.{name}=[]: a tuning list needs at least one value")
+        _validate(self, {k: v for k, v in _STATIC_CHECKS.items() if k not in tuned})
+        if tuned:
+            for name in tuned:
+                for item in getattr(self, name):
+                    if not _STATIC_CHECKS[name].ok(item):
+                        expect = _STATIC_CHECKS[name].expect
+                        raise ConfigError(f"{type(self).__name__}.{name}={item!r}: expected {expect}")
+            self.expand()  # every combination validates on construction
+        else:
+            check_combination(self.per_op_fields(), self.excluded_precisions)
         for dict_name in ("op_name_dict", "op_type_dict"):
             for key, entry in getattr(self, dict_name).items():
                 op_dict_fields(dict_name, key, entry)
+
+    @property
+    def tunable(self) -> bool:
+        """Some tunable field is a list: the config stands for several (see `expand`)."""
+        return bool(list_fields(self, STATIC_TUNABLE_FIELDS))
+
+    def expand(self) -> list[StaticQuantConfig]:
+        """The configs a list-valued config stands for: the cartesian product of its list fields in signature order
+        (INC's order), each keeping the set_local entries; a config without lists is itself."""
+        return expand_lists(self, STATIC_TUNABLE_FIELDS)
 
     def per_op_fields(self) -> dict[str, Any]:
         """The fields that can differ per op (`PER_OP_FIELDS`)."""

@@ -7,11 +7,11 @@ INC adds an fp32 local for LM-head names (`LM_HEAD_NAMES`) unless `quant_lm_head
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
+from quantir.compiler.config.expansion import expand_lists, list_fields
 from quantir.compiler.config.quant_config import (
     _BOOL,
     _DICT,
@@ -130,18 +130,12 @@ class RTNConfig:
     @property
     def tunable(self) -> bool:
         """Some per-op field is a list: the config stands for several (see `expand`)."""
-        return any(isinstance(getattr(self, n), list) for n in WOQ_PER_OP_FIELDS)
+        return bool(list_fields(self, WOQ_PER_OP_FIELDS))
 
     def expand(self) -> list[RTNConfig]:
         """The configs a list-valued config stands for: the cartesian product of its list fields in signature order
         (INC's order), each keeping the set_local entries; a config without lists is itself."""
-        names = [n for n in WOQ_PER_OP_FIELDS if isinstance(getattr(self, n), list)]
-        out = []
-        for combo in itertools.product(*(getattr(self, n) for n in names)):
-            cfg = replace(self, **dict(zip(names, combo, strict=True)))
-            cfg._local = dict(self._local)
-            out.append(cfg)
-        return out
+        return expand_lists(self, WOQ_PER_OP_FIELDS)
 
     # ---- per-op rules ----
 

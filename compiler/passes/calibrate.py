@@ -11,7 +11,7 @@ range of any spec without running the model again.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -119,6 +119,14 @@ class Calibrator:
         # Basic optimizations only: extended fusions could swallow the exposed intermediate tensors.
         self.session = graph_session(model_graph, level="basic", prefix="quantir-calib-")
         self.fetch = list(dict.fromkeys([*self.output_names, *names]))
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Statistics only: the ORT session stays behind (a copy in another process converts, never observes)."""
+        return {k: v for k, v in self.__dict__.items() if k != "session"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.session = None
 
     def _feed(self, name: str, observers: dict[Any, Any], key: Any, data: np.ndarray) -> None:
         try:
@@ -245,14 +253,18 @@ def for_specs(graph: Graph) -> dict[str, Any]:
     return {"observe": per_tensor, "histograms": hist, "channels": per_channel, "required": required}
 
 
-def calibrate_stream(calibrator: Calibrator, data: Any, graph: Graph, sampling_size: int,
-                     *, progress: bool = True, batch_size: int | None = None) -> None:  # fmt: skip
+def calibrate_stream(calibrator: Calibrator, data: Any, graph: Graph, sampling_size: int, *, progress: bool = True,
+                     batch_size: int | None = None,
+                     on_feed: Callable[[dict[str, np.ndarray]], None] | None = None) -> None:  # fmt: skip
     """Feed `data` (any form `feeds` accepts; an .npz in batches of `batch_size`, see `feeds`) to `calibrator` until
-    `sampling_size` samples, with a progress line when stderr is a terminal (`progress=False`: never)."""
+    `sampling_size` samples, with a progress line when stderr is a terminal (`progress=False`: never); `on_feed`
+    sees each validated batch first."""
     bar = Progress(sampling_size, enabled=None if progress else False)
     try:
         for feed in feeds(data, graph, sampling_size=sampling_size, batch_size=batch_size):
             before = calibrator.samples
+            if on_feed is not None:
+                on_feed(feed)
             calibrator.observe(feed, outputs=False)
             bar.update(calibrator.samples - before)
     finally:

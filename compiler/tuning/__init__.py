@@ -1,15 +1,9 @@
-"""Accuracy-driven tuning (INC 3.x `autotune`). Not built yet: `autotune` raises `NotImplementedError` saying so."""
+"""Accuracy-driven tuning: `autotune` (INC 3.x semantics and the exit policies INC lacks), its trial engine
+(sequential, process pool, Ray), the sensitivity-ranked fallback and the `TuningResult` it returns."""
 
 from __future__ import annotations
 
-from typing import Any
+from quantir.compiler.tuning.autotune import TuningWarning, autotune
+from quantir.compiler.tuning.result import TuningResult
 
-__all__ = ["autotune"]
-
-
-def autotune(model: Any, tune_config: Any, eval_fn: Any = None, *args: Any, **kwargs: Any) -> Any:
-    """INC's `autotune(model, tune_config, eval_fn, ...)`: not implemented in quantir yet."""
-    raise NotImplementedError(
-        "quantir.compiler.autotune (accuracy-driven tuning over a TuningConfig's config_set) is not implemented yet; "
-        "quantize with one StaticQuantConfig, and use `quantir layers` to find the layers to keep float with set_local"
-    )
+__all__ = ["TuningResult", "TuningWarning", "autotune"]

@@ -124,8 +124,8 @@ def test_public_api_names_and_what_is_not_built(digits: DigitsSplit) -> None:
     assert prepare(MODEL, quant_config=RTNConfig()).config == RTNConfig()  # weight-only: tests/compiler/test_rtn.py
     with pytest.raises(NotImplementedError, match="FP8 quantization"):
         quantize(MODEL, quant_config=FP8Config(), calib_data=digits.calib_x[:8])
-    with pytest.raises(NotImplementedError, match="accuracy-driven tuning"):
-        autotune(MODEL, TuningConfig(config_set=[StaticQuantConfig()]), eval_fn=lambda m: 1.0)
+    with pytest.raises(NotImplementedError, match="FP8 quantization"):
+        autotune(MODEL, TuningConfig(config_set=[FP8Config()]), eval_fn=lambda m: 1.0)
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         qc.nothing  # noqa: B018
     q = quantize(MODEL, quant_config=StaticQuantConfig(), calib_data=digits.calib_x[:32])

@@ -14,13 +14,13 @@ import pytest
 
 from quantir.compiler.api import quantize
 from quantir.compiler.config.quant_config import StaticQuantConfig
+from quantir.compiler.layer_error import layer_errors
 from quantir.compiler.quantized_model import QuantizedModel
 from quantir.frontends.onnx import import_onnx
 from quantir.ir import QuantirError, QuantType
 from quantir.tools.cli import main as cli_main
 from quantir.tools.dev.ort_baseline import ort_quantize_digits
 from quantir.tools.digits import bundled_model_path, load_digits_split
-from quantir.tools.layer_error import layer_errors
 
 MODEL = bundled_model_path()
 
