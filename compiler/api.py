@@ -65,7 +65,7 @@ def _check_config(cfg: Any, where: str) -> QuantConfig:
         raise ConfigError(f"{where}: quant_config must be a StaticQuantConfig or an RTNConfig, got {found}")
     if cfg.tunable:
         tunable = STATIC_TUNABLE_FIELDS if isinstance(cfg, StaticQuantConfig) else WOQ_PER_OP_FIELDS
-        lists = ", ".join(list_fields(cfg, tunable))
+        lists = ", ".join(f"{n}={getattr(cfg, n)!r}" for n in list_fields(cfg, tunable))
         raise ConfigError(f"{where}: the {type(cfg).__name__} has list-valued fields ({lists}), "
                           "so it stands for several configs: pass it to autotune(), or quantize one of "
                           "config.expand()")  # fmt: skip

@@ -6,9 +6,11 @@ sequential one. No trial starts after the deadline; trials already running finis
 from __future__ import annotations
 
 import concurrent.futures
+import inspect
 import multiprocessing
 import time
 import traceback
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -148,9 +150,22 @@ def _pool_trial(payload: bytes) -> Outcome:
     return evaluate(_WORKER_STATE, cloudpickle.loads(payload))[0]
 
 
+def _by_value(fn: object) -> None:
+    """Ship the module of a user's eval_fn by value when workers could not import it (a test file, a script loaded
+    by path): anything outside an installed package."""
+    import cloudpickle
+
+    module = inspect.getmodule(fn)
+    path = getattr(module, "__file__", None) or ""
+    if module is not None and module.__name__ != "__main__" and path and "-packages" not in path:
+        cloudpickle.register_pickle_by_value(module)
+
+
 def _dumps(obj: object) -> bytes:
     import cloudpickle
 
+    if isinstance(obj, TrialState):
+        _by_value(obj.eval_fn)
     try:
         data: bytes = cloudpickle.dumps(obj)
     except Exception as e:
@@ -175,8 +190,17 @@ class _Pool:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _ray_trial(state: TrialState, job: Job) -> Outcome:
-    return evaluate(state, job)[0]
+_RAY_STATES: dict[str, TrialState] = {}
+
+
+def _ray_trial(token: str, payload: bytes, job: bytes) -> Outcome:
+    """A Ray task: the state is unpickled once per worker process (keyed by the run's token)."""
+    import cloudpickle
+
+    if token not in _RAY_STATES:
+        _RAY_STATES.clear()
+        _RAY_STATES[token] = cloudpickle.loads(payload)
+    return evaluate(_RAY_STATES[token], cloudpickle.loads(job))[0]
 
 
 class _Ray:
@@ -198,11 +222,13 @@ class _Ray:
                 raise QuantirError(f"cannot connect to {where}: {e}") from e
         cpus = int(ray.cluster_resources().get("CPU", 1))  # type: ignore[no-untyped-call]
         self.workers = max(1, min(workers or cpus, cpus))
-        self.state_ref = ray.put(state)
+        self.token = uuid.uuid4().hex
+        self.state_ref = ray.put(_dumps(state))
         self.remote = ray.remote(num_cpus=1)(_ray_trial)
 
     def submit(self, job: Job) -> concurrent.futures.Future[Outcome]:
-        future: concurrent.futures.Future[Outcome] = self.remote.remote(self.state_ref, job).future()
+        future: concurrent.futures.Future[Outcome] = self.remote.remote(self.token, self.state_ref,
+                                                                        _dumps(job)).future()  # fmt: skip
         return future
 
     def close(self) -> None:
