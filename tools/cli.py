@@ -189,6 +189,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_DIFFERENT
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from quantir.tools.tune import run_tune
+
+    return run_tune(args)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from quantir.tools.demo import run_demo
 
@@ -281,6 +287,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help=_BATCH_HELP)
     p.add_argument("--json", help="also write every row to this JSON file")
     p.set_defaults(func=_cmd_layers)
+
+    from quantir.tools.tune import add_arguments as add_tune_arguments
+
+    p = sub.add_parser("tune", help="accuracy-driven tuning: the best config (and op fallbacks) meeting an eval goal")
+    add_tune_arguments(p)
+    p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("demo", help="run the bundled example end to end and print what it measured")
     p.add_argument("--workdir", help="where to write artifacts (default: a temporary directory)")

@@ -73,10 +73,12 @@ class _Tuner:
     def budget(self) -> int:
         return self.cfg.max_trials - len(self.result.trials)
 
-    def run(self, phase: Phase, items: list[tuple[Any, tuple[str, ...]]], stop_on_pass: bool) -> list[TrialRecord]:
+    def run(self, phase: Phase, items: list[tuple[Any, tuple[str, ...]]], stop_on_pass: bool,
+            base: str | None = None) -> list[TrialRecord]:  # fmt: skip
+        """Run the trials of `items` ((config, ops kept float on top of the config `base` describes))."""
         items = items[: max(0, self.budget)]
         start = len(self.result.trials)
-        jobs = [Job(start + i + 1, phase, c, describe(c) if not ops else f"fallback {', '.join(ops)}", ops)
+        jobs = [Job(start + i + 1, phase, c, f"{base} + float {', '.join(ops)}" if ops else describe(c), ops)
                 for i, (c, ops) in enumerate(items)]  # fmt: skip
         records, reason = run_trials(jobs, self.executor, passes=self.result.objective.meets,
                                      stop_on_pass=stop_on_pass, t0=self.t0, deadline=self.deadline,
@@ -100,8 +102,16 @@ class _Tuner:
         best, obj = self.result.best, self.result.objective
         if r.result is None:
             return
-        if best is None or best.result is None or (r.passed and not best.passed) or (r.passed == best.passed and obj.better(r.result, best.result)
-              and not (r.passed and self.cfg.policy == "first")):
+        if (
+            best is None
+            or best.result is None
+            or (r.passed and not best.passed)
+            or (
+                r.passed == best.passed
+                and obj.better(r.result, best.result)
+                and not (r.passed and self.cfg.policy == "first")
+            )
+        ):
             self.result.best = r
 
     def close(self) -> None:
@@ -132,7 +142,7 @@ def _fallback_phase(tuner: _Tuner, base: TrialRecord, prepared: Any) -> None:
         return
     candidates = [s.op for s in ranking[: cfg.sensitivity_candidates]]
     singles = tuner.run("sensitivity", [(with_fallback(base.config, [op]), (op,)) for op in candidates],
-                        stop_on_pass=True)  # fmt: skip
+                        stop_on_pass=True, base=base.description)  # fmt: skip
     assert base.result is not None
     for r in singles:
         if r.result is not None and r.fallback:
@@ -145,7 +155,12 @@ def _fallback_phase(tuner: _Tuner, base: TrialRecord, prepared: Any) -> None:
     order += [s.op for s in ranking if s.op not in order]
     limit = min(len(order), cfg.max_fallback_ops or len(order))
     prefixes = [tuple(order[:k]) for k in range(2, limit + 1)]
-    tuner.run("fallback", [(with_fallback(base.config, list(p)), p) for p in prefixes], stop_on_pass=True)
+    tuner.run(
+        "fallback",
+        [(with_fallback(base.config, list(p)), p) for p in prefixes],
+        stop_on_pass=True,
+        base=base.description,
+    )
     if tuner.stopped is None and not result.goal_met:
         result.fallback_note = (f"the goal was not met with up to {limit} op(s) kept float"
                                 + (" (max_fallback_ops)" if limit < len(order) else ""))  # fmt: skip
@@ -256,6 +271,7 @@ def autotune(
     _explain_fallback(quantized, result.fallback_gains)
     result.wall_seconds = time.perf_counter() - t0
     quantized.tuning = result
+    quantized.ctx.recipes.append(f"autotune: {result.outcome()}")  # the artifact's manifest says how it was chosen
     if not result.goal_met or result.error:
         warnings.warn(f"autotune: {result.outcome()}", TuningWarning, stacklevel=2)
     return quantized

@@ -100,8 +100,8 @@ class TuningResult:
         met = "goal met" if self.goal_met else "goal NOT met"
         text = (f"{met}: trial {self.best.index} {self.best_result:.6g} vs goal {self.goal:.6g} (baseline "
                 f"{self.baseline:.6g}); stopped by {self.stopped_by}; {len(self.trials)} trials in "
-                f"{self.wall_seconds:.1f}s, {self.seconds_per_trial:.2f}s per trial (conversion "
-                f"{self.convert_seconds_per_trial:.2f}s, the rest eval_fn) vs {self.conversion_seconds:.2f}s for one "
+                f"{self.wall_seconds:.1f}s, {self.seconds_per_trial:.3f}s per trial (conversion "
+                f"{self.convert_seconds_per_trial:.3f}s, the rest eval_fn) vs {self.conversion_seconds:.3f}s for one "
                 "full conversion")  # fmt: skip
         if self.fallback_gains:
             text += f"; kept float by tuning: {', '.join(self.fallback_gains)}"

@@ -122,8 +122,9 @@ def test_an_eval_fn_that_raises_names_the_trial_stops_cleanly_and_keeps_the_best
 
 @pytest.mark.parametrize(("value", "message"), [(float("nan"), "returned nan"), ("0.9", "returned str '0.9'"),
                                                 (None, "returned NoneType")])  # fmt: skip
-def test_an_eval_fn_result_that_is_not_a_finite_number_stops_tuning_with_the_trial_named(value: Any,
-                                                                                         message: str) -> None:
+def test_an_eval_fn_result_that_is_not_a_finite_number_stops_tuning_with_the_trial_named(
+    value: Any, message: str
+) -> None:
     q = _tune(TuningConfig([StaticQuantConfig(act_algo=["kl", "minmax"])]), Scripted(1.0, 0.5, value))
     assert q.tuning.stopped_by == "eval_fn error" and q.tuning.best.index == 1
     assert message in q.tuning.error and "trial 2" in q.tuning.error
@@ -134,7 +135,7 @@ def test_bad_tuning_input_is_a_clear_error() -> None:
         autotune(MODEL, TuningConfig([]), lambda m: 1.0, CALIB)
     with pytest.raises(ConfigError, match=r"config_set\[1\] is a dict"):
         autotune(MODEL, TuningConfig([StaticQuantConfig(), {"act_sym": True}]), lambda m: 1.0, CALIB)
-    with pytest.raises(QuantirError, match="eval_fn on the float model .* raised ZeroDivisionError"):
+    with pytest.raises(QuantirError, match=r"eval_fn on the float model .* raised ZeroDivisionError"):
         autotune(MODEL, TuningConfig([StaticQuantConfig()]), lambda m: 1 / 0, CALIB)
     with pytest.raises(QuantirError, match="eval_fn on the float model returned nan"):
         autotune(MODEL, TuningConfig([StaticQuantConfig()]), lambda m: float("nan"), CALIB)
@@ -142,11 +143,11 @@ def test_bad_tuning_input_is_a_clear_error() -> None:
         autotune(MODEL, TuningConfig([StaticQuantConfig()]), 0.99, CALIB)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"TuningConfig.tolerable_loss=1.5: expected a fraction in \[0, 1\)"):
         TuningConfig([StaticQuantConfig()], tolerable_loss=1.5)
-    with pytest.raises(ConfigError, match="TuningConfig.policy='fastest'"):
+    with pytest.raises(ConfigError, match=r"TuningConfig\.policy='fastest'"):
         TuningConfig([StaticQuantConfig()], policy="fastest")
     with pytest.raises(ConfigError, match=r"act_algo=\['kl', 'minmax'\].*pass it to autotune"):
         from quantir.compiler import quantize
 
         quantize(MODEL, StaticQuantConfig(act_algo=["kl", "minmax"]), CALIB)
-    with pytest.raises(ConfigError, match="StaticQuantConfig.act_algo='fast'"):
+    with pytest.raises(ConfigError, match=r"StaticQuantConfig\.act_algo='fast'"):
         StaticQuantConfig(act_algo=["kl", "fast"])
