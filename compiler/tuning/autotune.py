@@ -15,12 +15,13 @@ from typing import Any
 
 from quantir.backends.contract import OpDecision
 from quantir.backends.registry import DEFAULT_BACKEND, get_backend
+from quantir.compiler.config.dynamic_config import DynamicQuantConfig
 from quantir.compiler.config.tuning_config import TuningConfig
 from quantir.compiler.pass_manager import PassContext
 from quantir.compiler.quantized_model import QuantizedModel
 from quantir.compiler.tuning.objective import Objective, as_metric
 from quantir.compiler.tuning.result import TuningResult
-from quantir.compiler.tuning.sensitivity import rank_ops
+from quantir.compiler.tuning.sensitivity import rank_ops, rank_weight_ops
 from quantir.compiler.tuning.space import describe, is_calibrated, trial_configs, with_fallback
 from quantir.compiler.tuning.trials import Job, Phase, TrialRecord, TrialState, make_executor, run_trials
 from quantir.ir import ConfigError, QuantirError
@@ -132,10 +133,13 @@ def _fallback_phase(tuner: _Tuner, base: TrialRecord, prepared: Any) -> None:
         for op, d in zip(quantized, (model.ctx.decisions[o] for o in quantized), strict=True)
         if not op.startswith("<") and caps.kind(d.op_type) is UnitKind.COMPUTE
     ]  # a Relu follows its producer
-    if not prepared.kept_batches:
+    if not is_calibrated(base.config):  # weight-only: each op's error is its weights'
+        ranking = rank_weight_ops(model.ir, prepared.graph, units)
+    elif prepared.kept_batches:
+        ranking = rank_ops(model.ir, units, quantized, prepared.kept_batches)
+    else:
         result.fallback_note = "no calibration batch was kept for the per-op SQNR (calibrate with calib_data)"
         return
-    ranking = rank_ops(model.ir, units, quantized, prepared.kept_batches)
     result.sensitivity = ranking
     if not ranking:
         result.fallback_note = "no quantized op to keep float"
@@ -250,8 +254,8 @@ def autotune(
                 result.fallback_note = "fallback=False"
             elif best is None:
                 result.fallback_note = "no config converted"
-            elif not is_calibrated(best.config):
-                result.fallback_note = f"the best config ({type(best.config).__name__}) is not static quantization"
+            elif isinstance(best.config, DynamicQuantConfig):
+                result.fallback_note = "dynamic quantization has no per-op sensitivity ranking yet"
             else:
                 tuner.stopped = None
                 _fallback_phase(tuner, best, prepared)

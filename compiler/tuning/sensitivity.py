@@ -12,9 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from quantir.compiler.layer_error import LayerReport, layer_errors
-from quantir.ir import Graph, Node, Value
+from quantir.ir import Graph, Node, QuantType, Value
+from quantir.ir.quant_math import fake_quantize
 
-__all__ = ["OpSensitivity", "rank_ops"]
+__all__ = ["OpSensitivity", "rank_ops", "rank_weight_ops"]
 
 _CAP_DB = 200.0
 """An exact tensor (infinite SQNR) counts as this many dB, so losses stay finite and comparable."""
@@ -79,3 +80,28 @@ def rank_ops(graph: Graph, candidates: Iterable[str], quantized: Iterable[str],
         module = node.source.module if node.source is not None else None
         rows.append((own, 0.0, position, OpSensitivity(node.name, node.op_type, module, out, own)))
     return [r[3] for r in sorted(rows, key=lambda r: r[:3])]
+
+
+def _weight_sqnr(original: np.ndarray, quantized: np.ndarray) -> float:
+    signal = float(np.sum(original.astype(np.float64) ** 2))
+    noise = float(np.sum((quantized.astype(np.float64) - original.astype(np.float64)) ** 2))
+    return _CAP_DB if noise == 0 else (min(_CAP_DB, 10 * math.log10(signal / noise)) if signal > 0 else -_CAP_DB)
+
+
+def rank_weight_ops(graph: Graph, float_graph: Graph, candidates: Iterable[str]) -> list[OpSensitivity]:
+    """Weight-only quantization: the ops named in `candidates`, most sensitive first, by the SQNR of their
+    quantized weights against the float weights of `float_graph` (same names; GPTQ/AWQ rewrite the IR's copy)."""
+    wanted = set(candidates)
+    floats = {name: v.const.numpy() for name, v in float_graph.constants.items() if v.const is not None}
+    rows: list[tuple[float, int, OpSensitivity]] = []
+    for position, node in enumerate(graph.nodes):
+        if node.name not in wanted:
+            continue
+        levels = [_weight_sqnr(floats.get(v.name, v.const.numpy()), fake_quantize(v.const.numpy(), v.quant))
+                  for v in node.inputs
+                  if v is not None and v.const is not None and isinstance(v.quant, QuantType)]  # fmt: skip
+        if levels:
+            own = min(levels)
+            module = node.source.module if node.source is not None else None
+            rows.append((own, position, OpSensitivity(node.name, node.op_type, module, own, own)))
+    return [r[2] for r in sorted(rows, key=lambda r: r[:2])]
