@@ -17,8 +17,8 @@ from quantir.backends.registry import DEFAULT_BACKEND, get_backend
 from quantir.compiler.calibration.data import validate_batch
 from quantir.compiler.config.dynamic_config import DynamicQuantConfig
 from quantir.compiler.config.expansion import list_fields
-from quantir.compiler.config.quant_config import STATIC_TUNABLE_FIELDS, FP8Config, StaticQuantConfig
-from quantir.compiler.config.weight_only_config import WOQ_PER_OP_FIELDS, AWQConfig, GPTQConfig, RTNConfig
+from quantir.compiler.config.quant_config import FP8Config, StaticQuantConfig
+from quantir.compiler.config.weight_only_config import AWQConfig, GPTQConfig, RTNConfig
 from quantir.compiler.model_io import load_graph
 from quantir.compiler.pass_manager import Pass, PassContext, PassManager, PrintMode
 from quantir.compiler.passes import Annotate, Canonicalize, ComputeQParams, EliminateDeadCode, FoldConstants
@@ -64,8 +64,7 @@ def _check_config(cfg: Any, where: str) -> QuantConfig:
         found = type(cfg).__name__
         raise ConfigError(f"{where}: quant_config must be a StaticQuantConfig or an RTNConfig, got {found}")
     if cfg.tunable:
-        tunable = STATIC_TUNABLE_FIELDS if isinstance(cfg, StaticQuantConfig) else WOQ_PER_OP_FIELDS
-        lists = ", ".join(f"{n}={getattr(cfg, n)!r}" for n in list_fields(cfg, tunable))
+        lists = ", ".join(f"{n}={getattr(cfg, n)!r}" for n in list_fields(cfg, cfg.TUNABLE_FIELDS))
         raise ConfigError(f"{where}: the {type(cfg).__name__} has list-valued fields ({lists}), "
                           "so it stands for several configs: pass it to autotune(), or quantize one of "
                           "config.expand()")  # fmt: skip

@@ -6,9 +6,9 @@ from __future__ import annotations
 import itertools
 from collections.abc import Collection
 from dataclasses import fields, replace
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
-__all__ = ["expand_lists", "list_fields"]
+__all__ = ["Tunable", "expand_lists", "list_fields"]
 
 C = TypeVar("C")
 
@@ -28,3 +28,23 @@ def expand_lists(cfg: C, tunable: Collection[str]) -> list[C]:
         copy._local = dict(getattr(cfg, "_local", {}))
         out.append(copy)
     return out
+
+
+T = TypeVar("T", bound="Tunable")
+
+
+class Tunable:
+    """Mixin of the config classes: `TUNABLE_FIELDS` may hold lists, and then the config stands for several."""
+
+    __slots__ = ()
+    TUNABLE_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def tunable(self) -> bool:
+        """Some tunable field is a list (see `expand`)."""
+        return bool(list_fields(self, self.TUNABLE_FIELDS))
+
+    def expand(self: T) -> list[T]:
+        """The configs a list-valued config stands for: the cartesian product of its list fields in signature order
+        (INC's order), each keeping the set_local entries; a config without lists is itself."""
+        return expand_lists(self, self.TUNABLE_FIELDS)

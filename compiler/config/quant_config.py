@@ -14,9 +14,9 @@ import warnings
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, ClassVar, TypeAlias
 
-from quantir.compiler.config.expansion import expand_lists, list_fields
+from quantir.compiler.config.expansion import Tunable, list_fields
 from quantir.ir.dtypes import DType
 from quantir.ir.errors import ConfigError
 
@@ -265,7 +265,7 @@ def check_local_key(key: LocalKey, what: str) -> None:
 
 
 @dataclass(slots=True)
-class StaticQuantConfig:
+class StaticQuantConfig(Tunable):
     """Static (calibrated) quantization, INC 3.x `StaticQuantConfig` fields and defaults, except where quantir
     measured better ones: `act_algo` ('mse') and SmoothQuant (`smooth_quant=None`: on for transformer blocks).
 
@@ -302,6 +302,7 @@ class StaticQuantConfig:
     """Migration strength: s = max|X|^alpha / max|W|^(1-alpha) per input channel. None: INC's 0.5 when
     smooth_quant=True, `AUTO_SMOOTH_ALPHA` when transformer blocks turned it on."""
     _local: dict[LocalKey, StaticQuantConfig] = field(default_factory=dict, init=False, repr=False)
+    TUNABLE_FIELDS: ClassVar[tuple[str, ...]] = STATIC_TUNABLE_FIELDS
 
     def __post_init__(self) -> None:
         self.validate()
@@ -327,16 +328,6 @@ class StaticQuantConfig:
         for dict_name in ("op_name_dict", "op_type_dict"):
             for key, entry in getattr(self, dict_name).items():
                 op_dict_fields(dict_name, key, entry)
-
-    @property
-    def tunable(self) -> bool:
-        """Some tunable field is a list: the config stands for several (see `expand`)."""
-        return bool(list_fields(self, STATIC_TUNABLE_FIELDS))
-
-    def expand(self) -> list[StaticQuantConfig]:
-        """The configs a list-valued config stands for: the cartesian product of its list fields in signature order
-        (INC's order), each keeping the set_local entries; a config without lists is itself."""
-        return expand_lists(self, STATIC_TUNABLE_FIELDS)
 
     def per_op_fields(self) -> dict[str, Any]:
         """The fields that can differ per op (`PER_OP_FIELDS`)."""

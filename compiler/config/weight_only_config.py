@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
-from quantir.compiler.config.expansion import expand_lists, list_fields
+from quantir.compiler.config.expansion import Tunable
 from quantir.compiler.config.quant_config import (
     _BOOL,
     _DICT,
@@ -76,7 +76,7 @@ _2X_WEIGHT = {"dtype": "dtype", "bits": "bits", "group_size": "group_size", "sch
 
 
 @dataclass(slots=True)
-class RTNConfig:
+class RTNConfig(Tunable):
     """Round-to-nearest weight-only quantization: INC 3.x `RTNConfig` fields and defaults (`dtype="fp32"`: fallback).
 
     `group_size` weights share a scale along the input channels (`group_dim=1`, INC's layout of a Linear weight
@@ -102,6 +102,7 @@ class RTNConfig:
     op_name_dict: dict[str, Any] = field(default_factory=dict)
     op_type_dict: dict[str, Any] = field(default_factory=dict)
     _local: dict[LocalKey, RTNConfig] = field(default_factory=dict, init=False, repr=False)
+    TUNABLE_FIELDS: ClassVar[tuple[str, ...]] = WOQ_PER_OP_FIELDS
     KEY: ClassVar[str] = "rtn"
     """The config's key in INC's dict form (`{"rtn": {"global": ...}}`)."""
     EXTRA_CHECKS: ClassVar[dict[str, _Check]] = {}
@@ -124,18 +125,6 @@ class RTNConfig:
         for dict_name in ("op_name_dict", "op_type_dict"):
             for key, entry in getattr(self, dict_name).items():
                 self.op_dict_fields(dict_name, key, entry)
-
-    # ---- tuning ----
-
-    @property
-    def tunable(self) -> bool:
-        """Some per-op field is a list: the config stands for several (see `expand`)."""
-        return bool(list_fields(self, WOQ_PER_OP_FIELDS))
-
-    def expand(self) -> list[RTNConfig]:
-        """The configs a list-valued config stands for: the cartesian product of its list fields in signature order
-        (INC's order), each keeping the set_local entries; a config without lists is itself."""
-        return expand_lists(self, WOQ_PER_OP_FIELDS)
 
     # ---- per-op rules ----
 
