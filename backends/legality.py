@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Set
 
-from quantir.backends.contract import WeightOnlyCapability
-from quantir.ir import DType, GranularityKind, Node, QuantSpec, QuantType, TensorType, Value
+from quantir.backends.contract import CapabilityTable, LegalizeReport, ValueChange, WeightOnlyCapability
+from quantir.ir import DType, GranularityKind, Graph, Node, QuantSpec, QuantType, TensorType, Value
+from quantir.ir.traits import UnitKind
 
 __all__ = [
     "EIGHT_BIT",
@@ -18,6 +19,7 @@ __all__ = [
     "is_dynamic_input",
     "is_grouped",
     "quant_type_of",
+    "remove_unread",
     "same_params",
     "weight_only_problem",
     "weight_problem",
@@ -101,3 +103,37 @@ def weight_only_problem(node: Node, w: Value, q: QuantType, caps: WeightOnlyCapa
         return (f"weight %{w.name} is grouped along axis {g.axis}; {caps.kernel} groups the reduction axis (0 of "
                 "a MatMul's [K, N] weight), so group_dim=0 has no kernel here")  # fmt: skip
     return None
+
+
+def remove_unread(graph: Graph, status: dict[Node, tuple[bool, str]], report: LegalizeReport,
+                  table: CapabilityTable, *, others_read_float: bool = False) -> None:  # fmt: skip
+    """Drop quant types no int8 region needs: values read only by float heavy ops (`status` says which compute units
+    run low precision, and why), directly or through `table`'s data-movement ops; each removal gets its reason.
+    Other ops keep what they read unless `others_read_float` (a runtime that lowers no quantizer outside its
+    kernels: torch's)."""
+    changed = True
+    while changed:
+        changed = False
+        for v in graph.values():
+            q = quant_type_of(v)
+            if q is None or graph.is_output(v) or not v.uses():
+                continue
+            if v.is_constant:
+                readers_float = all(u.node in status and not status[u.node][0] for u in v.uses())
+            else:
+                readers_float = all(_float_reader(u.node, status, table, others_read_float) for u in v.uses())
+            if readers_float:
+                v.quant = None
+                reason = next(status[u.node][1] for u in v.uses() if u.node in status) if any(
+                    u.node in status for u in v.uses()) else "only float ops read it"  # fmt: skip
+                report.removed.append(ValueChange(v.name, f"read only by float ops ({reason})"))
+                changed = True
+
+
+def _float_reader(node: Node, status: dict[Node, tuple[bool, str]], table: CapabilityTable, others: bool) -> bool:
+    if node in status:
+        return not status[node][0]
+    if table.kind(node.op_type) is UnitKind.DROP:
+        outs = [o for o in node.outputs if o is not None]
+        return bool(outs) and all(quant_type_of(o) is None and o.uses() for o in outs)
+    return others

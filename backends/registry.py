@@ -17,6 +17,8 @@ __all__ = ["DEFAULT_BACKEND", "backend_names", "get_backend", "register", "unreg
 _BUILTIN: dict[str, str] = {
     "onnx_qdq": "quantir.backends.onnx_qdq.backend",
     "openvino": "quantir.backends.openvino.backend",
+    "pt2e": "quantir.backends.pt2e.backend",
+    "ipex": "quantir.backends.ipex.backend",
 }
 """Built-in backend name -> the module whose `BACKEND` describes it."""
 

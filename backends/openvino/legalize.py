@@ -10,12 +10,13 @@ A FakeQuantize anywhere else is legal in OpenVINO (LPT moves or fuses it), so ot
 
 from __future__ import annotations
 
-from quantir.backends.contract import LegalizeReport, OpDecision, ValueChange
+from quantir.backends.contract import LegalizeReport, OpDecision
 from quantir.backends.legality import (
     activation_problem,
     is_dynamic_input,
     is_grouped,
     quant_type_of,
+    remove_unread,
     weight_only_problem,
     weight_problem,
 )
@@ -89,36 +90,6 @@ def _compute_status(node: Node) -> tuple[bool, str]:
     return True, f"runs int8 ({qx.dtype} activations x i8 symmetric weights)"
 
 
-def _remove_unread(graph: Graph, status: dict[Node, tuple[bool, str]], report: LegalizeReport) -> None:
-    """Drop quant types no int8 region needs: read only by float heavy ops (directly or through data movement)."""
-    changed = True
-    while changed:
-        changed = False
-        for v in graph.values():
-            q = _qtype(v)
-            if q is None or graph.is_output(v) or not v.uses():
-                continue
-            if v.is_constant:
-                readers_float = all(u.node in status and not status[u.node][0] for u in v.uses())
-            else:
-                readers_float = all(_float_reader(u.node, status) for u in v.uses())
-            if readers_float:
-                v.quant = None
-                reason = next(status[u.node][1] for u in v.uses() if u.node in status) if any(
-                    u.node in status for u in v.uses()) else "only float ops read it"  # fmt: skip
-                report.removed.append(ValueChange(v.name, f"read only by float ops ({reason})"))
-                changed = True
-
-
-def _float_reader(node: Node, status: dict[Node, tuple[bool, str]]) -> bool:
-    if node in status:
-        return not status[node][0]
-    if TABLE.kind(node.op_type) is UnitKind.DROP:
-        outs = [o for o in node.outputs if o is not None]
-        return bool(outs) and all(_qtype(o) is None and o.uses() for o in outs)
-    return False
-
-
 def legalize_for_openvino(graph: Graph) -> LegalizeReport:
     """Make `graph` (mutated) what OpenVINO's CPU plugin runs in int8; every float op and change gets a reason.
 
@@ -128,7 +99,7 @@ def legalize_for_openvino(graph: Graph) -> LegalizeReport:
     require_calibrated(graph)
     report = LegalizeReport()
     status = {n: _compute_status(n) for n in graph.nodes if n.op_type in INT8_OPS}
-    _remove_unread(graph, status, report)
+    remove_unread(graph, status, report, TABLE)
     kinds = {(q.granularity.kind, q.dtype.bits) for v in graph.values() if (q := _qtype(v)) is not None}
     report.opset_before = graph.opset
     needed = (MIN_OPSET_BLOCKED if any(k is GranularityKind.PER_GROUP or bits == 4 for k, bits in kinds)

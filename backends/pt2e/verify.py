@@ -1,0 +1,106 @@
+"""Check a PT2E artifact where it runs: load `model.pt2` with `torch.export.load`, compile it with Inductor and
+freezing (`torch._inductor.config.freezing = True`, without which Inductor emits no int8 kernel at all), read the
+generated code for oneDNN int8 ops (`onednn.qconv_pointwise`, `onednn.qlinear_pointwise`), and compare the outputs
+with the IR's fake-quant reference (ORT, no graph optimization)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from quantir.backends.contract import VerifyReport
+from quantir.backends.pt2e.capabilities import KERNELS, RUNTIME
+from quantir.backends.pt2e.emit import BACKEND, MODEL_FILE
+from quantir.backends.torch_codegen.artifact import (
+    TorchRunner,
+    compare_outputs,
+    match_kernels,
+    quiet,
+    read_torch_manifest,
+)
+from quantir.ir import SerializationError
+
+__all__ = ["compile_program", "load", "load_program", "verify_pt2e"]
+
+_ONEDNN = re.compile(r"onednn\.(q\w+?)(?:\.default|\.tensor|\.binary|\.binary_tensor)?\(")
+_FLOAT_HEAVY = re.compile(r"(aten\.convolution|aten\.mm|aten\.addmm|aten\.bmm|extern_kernels\.(?:mm|addmm|bmm|convolution))\(")
+
+
+def load_program(artifact_dir: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
+    """The artifact's exported program and manifest."""
+    folder = Path(artifact_dir)
+    manifest = read_torch_manifest(folder, BACKEND)
+    path = folder / manifest.get("model", MODEL_FILE)
+    try:
+        with quiet():
+            return torch.export.load(os.fspath(path)), manifest
+    except Exception as e:  # torch.export.load raises several types for a bad archive
+        raise SerializationError(f"torch.export.load cannot read {os.fspath(path)!r}: {e}") from e
+
+
+def compile_program(module: torch.nn.Module) -> Callable[..., Any]:
+    """`torch.compile(module)` run under Inductor freezing (set per call: a new shape compiles again)."""
+    import torch._inductor.config as inductor_config
+
+    compiled = torch.compile(module)
+
+    def call(*args: torch.Tensor) -> Any:
+        with inductor_config.patch(freezing=True), quiet():
+            return compiled(*args)
+
+    return call
+
+
+def load(artifact_dir: str | os.PathLike[str], *, threads: int | None = None, compile: bool = True) -> TorchRunner:
+    """The artifact as a Runner: compiled with Inductor and freezing (int8 kernels; the first call of each shape
+    compiles), or `compile=False`: the exported module run eagerly (the same numbers in float ops)."""
+    program, manifest = load_program(artifact_dir)
+    module = program.module()
+    fn = compile_program(module) if compile else module
+    spec = manifest.get("torch", {})
+    return TorchRunner(fn, list(spec.get("inputs", [])), list(spec.get("outputs", [])), threads)
+
+
+def generated_code(runner: TorchRunner, inputs: dict[str, np.ndarray]) -> tuple[list[np.ndarray], str]:
+    """Run `runner` once on `inputs`, returning its outputs and the code Inductor generated for it."""
+    from torch._inductor.utils import run_and_get_code
+
+    args = [torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in runner.input_names]
+    out, codes = run_and_get_code(runner.torch_call, *args)
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    return [o.detach().numpy() for o in outs], "\n".join(codes)
+
+
+def kernel_counts(code: str) -> tuple[Counter[str], Counter[str]]:
+    """(oneDNN int8 ops, float conv/matmul kernels) called by Inductor-generated code."""
+    return Counter(f"onednn.{m}" for m in _ONEDNN.findall(code)), Counter(_FLOAT_HEAVY.findall(code))
+
+
+def verify_pt2e(artifact_dir: str | os.PathLike[str], inputs: dict[str, np.ndarray], *, max_lsb: float = 1.0,
+                max_rel: float = 2e-2) -> VerifyReport:  # fmt: skip
+    """Compile the artifact with Inductor (freezing), map each quantized IR unit to a oneDNN int8 op of its kind in
+    the generated code (in execution order), and compare the outputs with the fake-quant reference."""
+    folder = Path(artifact_dir)
+    runner = load(folder)
+    manifest = read_torch_manifest(folder, BACKEND)
+    report = VerifyReport(backend=BACKEND, artifact=folder, runtime=RUNTIME, runner=runner)
+    _, code = generated_code(runner, inputs)
+    int8, floats = kernel_counts(code)
+    found = [(name, name) for name, n in int8.items() for _ in range(n)]
+    found.sort(key=lambda k: 0)
+    kinds = {op: k for op, k in KERNELS.items()}
+    report.nodes = match_kernels(manifest.get("quantized_nodes", []), found, kinds)
+    report.kernels = dict(int8)
+    report.leftover = dict(floats)
+    extra = sum(int8.values()) - sum(r.int8 for r in report.nodes)
+    if extra > 0:
+        report.unmatched_kernels.append(f"{extra} oneDNN int8 op(s) beyond the IR's quantized units")
+    compare_outputs(report, folder, manifest, runner, inputs, max_lsb, max_rel, RUNTIME)
+    return report
