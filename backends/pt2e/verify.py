@@ -27,7 +27,9 @@ from quantir.backends.torch_codegen.artifact import (
 )
 from quantir.ir import SerializationError
 
-__all__ = ["compile_program", "load", "load_program", "verify_pt2e"]
+__all__ = [
+    "compile_program", "generated_code", "kernel_counts", "load", "load_program", "program_units", "verify_pt2e",
+]  # fmt: skip
 
 _ONEDNN = re.compile(r"onednn\.(q\w+?)(?:\.default|\.tensor|\.binary|\.binary_tensor)?\(")
 _FLOAT_HEAVY = re.compile(r"(aten\.convolution|aten\.mm|aten\.addmm|aten\.bmm|extern_kernels\.(?:mm|addmm|bmm|convolution))\(")
@@ -46,10 +48,12 @@ def load_program(artifact_dir: str | os.PathLike[str]) -> tuple[Any, dict[str, A
 
 
 def compile_program(module: torch.nn.Module) -> Callable[..., Any]:
-    """`torch.compile(module)` run under Inductor freezing (set per call: a new shape compiles again)."""
+    """`torch.compile(module)` run under Inductor freezing (set per call), static shapes: each new input shape
+    compiles once. (Inductor's dynamic-shape recompile of a frozen qconv fails a stride assertion in torch 2.13's
+    `qconv` lowering, seen on the digits CNN at a second batch size; static shapes avoid it.)"""
     import torch._inductor.config as inductor_config
 
-    compiled = torch.compile(module)
+    compiled = torch.compile(module, dynamic=False)
 
     def call(*args: torch.Tensor) -> Any:
         with inductor_config.patch(freezing=True), quiet():
@@ -73,7 +77,8 @@ def generated_code(runner: TorchRunner, inputs: dict[str, np.ndarray]) -> tuple[
     from torch._inductor.utils import run_and_get_code
 
     args = [torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in runner.input_names]
-    out, codes = run_and_get_code(runner.torch_call, *args)
+    with quiet():
+        out, codes = run_and_get_code(runner.torch_call, *args)
     outs = out if isinstance(out, (tuple, list)) else (out,)
     return [o.detach().numpy() for o in outs], "\n".join(codes)
 
@@ -81,6 +86,26 @@ def generated_code(runner: TorchRunner, inputs: dict[str, np.ndarray]) -> tuple[
 def kernel_counts(code: str) -> tuple[Counter[str], Counter[str]]:
     """(oneDNN int8 ops, float conv/matmul kernels) called by Inductor-generated code."""
     return Counter(f"onednn.{m}" for m in _ONEDNN.findall(code)), Counter(_FLOAT_HEAVY.findall(code))
+
+
+_HEAVY_TARGETS = ("aten.conv1d", "aten.conv2d", "aten.conv3d", "aten.linear", "aten.convolution")
+
+
+def program_units(program: Any) -> list[dict[str, Any]]:
+    """Every conv/linear of an exported program, in graph order: its module path (the last `nn_module_stack`
+    entry), and whether its activation and weight are read through `quantized_decomposed` dequantize ops."""
+    rows = []
+    for n in program.graph.nodes:
+        target = str(n.target)
+        if n.op != "call_function" or not target.startswith(_HEAVY_TARGETS):
+            continue
+        stack = n.meta.get("nn_module_stack") or {}
+        path = list(stack.values())[-1][0] if stack else ""
+        x, w = n.args[0], n.args[1]
+        deq = [getattr(a, "op", "") == "call_function" and "quantized_decomposed.dequantize" in str(a.target)
+               for a in (x, w)]  # fmt: skip
+        rows.append({"op": target.split(".")[1], "module": path, "activation_int8": deq[0], "weight_int8": deq[1]})
+    return rows
 
 
 def verify_pt2e(artifact_dir: str | os.PathLike[str], inputs: dict[str, np.ndarray], *, max_lsb: float = 1.0,
@@ -94,9 +119,7 @@ def verify_pt2e(artifact_dir: str | os.PathLike[str], inputs: dict[str, np.ndarr
     _, code = generated_code(runner, inputs)
     int8, floats = kernel_counts(code)
     found = [(name, name) for name, n in int8.items() for _ in range(n)]
-    found.sort(key=lambda k: 0)
-    kinds = {op: k for op, k in KERNELS.items()}
-    report.nodes = match_kernels(manifest.get("quantized_nodes", []), found, kinds)
+    report.nodes = match_kernels(manifest.get("quantized_nodes", []), found, KERNELS)
     report.kernels = dict(int8)
     report.leftover = dict(floats)
     extra = sum(int8.values()) - sum(r.int8 for r in report.nodes)

@@ -371,7 +371,7 @@ def example_inputs(graph: Graph, sizes: dict[str, int] | None = None) -> tuple[t
                 if key not in sizes:
                     sizes[key] = _SIZES[len(sizes) % len(_SIZES)]
                 dims.append(sizes[key])
-                dyn[i] = torch.export.Dim.AUTO
+                dyn[i] = torch.export.Dim.AUTO(min=1)  # batch 1 allowed (export reports ranges from 2)
         dtype = torch_dtype(t.dtype, f"graph input %{v.name}")
         tensors.append(torch.zeros(dims, dtype=dtype) if not dtype.is_floating_point else torch.rand(dims, dtype=dtype))
         shapes.append(dyn or None)

@@ -64,8 +64,9 @@ def _is_dims(*values: Any) -> bool:
 
 
 def _dims_ok(*values: Any) -> bool:
-    """Every value is `Dims` or a small int tensor (shape arithmetic can run on Python ints)."""
-    return _is_dims(*values) and all(isinstance(v, (Dims, np.ndarray)) for v in values)
+    """Every value is `Dims` or a small 0-/1-d int constant: shape arithmetic runs on Python ints."""
+    return all(isinstance(v, Dims) or (isinstance(v, np.ndarray) and v.ndim <= 1 and v.dtype.kind in "iu")
+               for v in values)
 
 
 _ONNX_DTYPES: dict[int, torch.dtype] = {
@@ -498,3 +499,25 @@ def _hard_sigmoid(node: Node, xs: list[Any]) -> list[Any]:
 @_op("HardSwish")
 def _hard_swish(node: Node, xs: list[Any]) -> list[Any]:
     return [F.hardswish(as_tensor(xs[0]))]
+
+
+@_op("MatMul")
+def _matmul(node: Node, xs: list[Any]) -> list[Any]:
+    return [torch.matmul(as_tensor(xs[0]), as_tensor(xs[1]))]
+
+
+@_op("Gemm")
+def _gemm(node: Node, xs: list[Any]) -> list[Any]:
+    a, b = as_tensor(xs[0]), as_tensor(xs[1])
+    a = a.transpose(0, 1) if _attr(node, "transA", 0) else a
+    b = b.transpose(0, 1) if _attr(node, "transB", 0) else b
+    y = float(_attr(node, "alpha", 1.0)) * torch.matmul(a, b)
+    if len(xs) > 2 and xs[2] is not None:
+        y = y + float(_attr(node, "beta", 1.0)) * as_tensor(xs[2])
+    return [y]
+
+
+@_op("Conv")
+def _conv(node: Node, xs: list[Any]) -> list[Any]:
+    b = as_tensor(xs[2]) if len(xs) > 2 and xs[2] is not None else None
+    return [conv(node, as_tensor(xs[0]), as_tensor(xs[1]), b)]
