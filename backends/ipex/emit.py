@@ -19,7 +19,7 @@ from quantir.backends.ipex.qconf_summary import build_qconf, qconf_sidecar
 from quantir.backends.torch_codegen.artifact import emit_torch
 from quantir.ir import Graph
 
-__all__ = ["BACKEND", "MODEL_FILE", "QCONF_FILE", "emit", "int8_patterns"]
+__all__ = ["BACKEND", "MODEL_FILE", "QCONF_FILE", "conv_linear_nodes", "emit", "int8_patterns"]
 
 BACKEND = "ipex"
 MODEL_FILE = "model.pt"
@@ -31,21 +31,25 @@ IPEX_PINS = {"torch": "2.8.*", "intel-extension-for-pytorch": "2.8.0"}
 _CONV = ("aten::_convolution", "aten::conv1d", "aten::conv2d", "aten::conv3d")
 
 
-def int8_patterns(graph: Any) -> list[tuple[str, str]]:
-    """(kind "Conv"/"Gemm", description with the module scope) of every conv/linear in a TorchScript graph whose
-    activation and weight both come from `aten::dequantize`: the pattern IPEX's JIT fuses into an int8 kernel, in
-    execution order."""
+def conv_linear_nodes(graph: Any) -> list[tuple[str, bool]]:
+    """(kind "Conv"/"Gemm", whether it is in the int8 pattern) of every conv/linear of a TorchScript graph, in
+    execution order. The pattern: activation and weight both come from `aten::dequantize`, which IPEX's JIT fuses
+    into an int8 kernel. (A saved TorchScript module keeps no module scopes; the manifest's `quantized_nodes`
+    and qconf.json's `fqn`s name the modules, in this order.)"""
     found = []
     for node in graph.nodes():
         kind = node.kind()
         if kind not in (*_CONV, "aten::linear"):
             continue
-        ins = list(node.inputs())
-        producers = [i.node().kind() for i in ins[:2]]
-        if producers == ["aten::dequantize", "aten::dequantize"]:
-            scope = node.scopeName().removeprefix("__module.")
-            found.append(("Conv" if kind in _CONV else "Gemm", f"dequantize -> {kind} in {scope or '<root>'}"))
+        producers = [i.node().kind() for i in list(node.inputs())[:2]]
+        found.append(("Conv" if kind in _CONV else "Gemm", producers == ["aten::dequantize", "aten::dequantize"]))
     return found
+
+
+def int8_patterns(graph: Any) -> list[tuple[str, str]]:
+    """(kind, description) of each conv/linear in the int8 pattern (see `conv_linear_nodes`), in execution order."""
+    names = {"Conv": "dequantize -> conv", "Gemm": "dequantize -> linear"}
+    return [(kind, names[kind]) for kind, int8 in conv_linear_nodes(graph) if int8]
 
 
 def _write(folder: Path, module: torch.nn.Module, examples: tuple[torch.Tensor, ...], shapes: tuple[Any, ...]) -> dict:

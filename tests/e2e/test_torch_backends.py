@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from quantir.backends.ipex.emit import int8_patterns
+from quantir.backends.ipex.emit import conv_linear_nodes
 from quantir.backends.ipex.qconf_summary import check_qconf
 from quantir.backends.ipex.verify import load as load_ipex
 from quantir.backends.ipex.verify import load_script, verify_ipex
@@ -87,9 +87,9 @@ def test_ipex_frozen_graph_has_the_int8_pattern_on_every_conv_and_linear(
     report = verify_ipex(artifacts["ipex"], {"x": digits.calib_x[:32]})
     print("\n" + report.format())
     assert report.coverage == 1.0 and len(report.heavy) == 4 and report.ok
-    script, _ = load_script(artifacts["ipex"])
-    scopes = [desc.rsplit(" in ", 1)[1] for _, desc in int8_patterns(script.graph)]
-    assert scopes == list(MODULES)
+    script, manifest = load_script(artifacts["ipex"])
+    assert conv_linear_nodes(script.graph) == [("Conv", True), ("Conv", True), ("Gemm", True), ("Gemm", True)]
+    assert [u["module"] for u in manifest["quantized_nodes"]] == list(MODULES)
     kinds = [n.kind() for n in script.graph.nodes()]
     assert kinds.count("aten::quantize_per_channel") == 0, "freezing folds the weight quantize into QInt8 constants"
     qconf = json.loads((artifacts["ipex"] / "qconf.json").read_text())
@@ -137,7 +137,7 @@ def test_set_local_fallbacks_are_exact_in_both_artifacts(
     assert units == {m: m not in floats for m in MODULES}
     ipex = q.save(tmp_path / "ipex", backend="ipex")
     script, _ = load_script(ipex)
-    assert [d.rsplit(" in ", 1)[1] for _, d in int8_patterns(script.graph)] == [m for m in MODULES if m not in floats]
+    assert [int8 for _, int8 in conv_linear_nodes(script.graph)] == [m not in floats for m in MODULES]
     qconf = json.loads((ipex / "qconf.json").read_text())
     ops = list(qconf[" "]["q_op_infos"].values())
     forced = {op["fqn"]: op["input_tensor_infos"][0]["force_dtype"] for op in ops if op["fqn"] in MODULES}
