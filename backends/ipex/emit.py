@@ -68,7 +68,9 @@ def emit(graph: Graph, out_dir: str | os.PathLike[str], *, manifest: dict[str, A
     """`model.pt` + `qconf.json` + `qconf.quantir.json` + `model.qdq.onnx` + `quantir.json` into `out_dir`."""
     qconf, sidecar = build_qconf(graph), qconf_sidecar(graph)
 
-    def write(folder: Path, module: torch.nn.Module, examples: tuple[torch.Tensor, ...], shapes: tuple[Any, ...]) -> dict:
+    def write(
+        folder: Path, module: torch.nn.Module, examples: tuple[torch.Tensor, ...], shapes: tuple[Any, ...]
+    ) -> dict:
         facts = _write(folder, module, examples, shapes)
         (folder / QCONF_FILE).write_text(json.dumps(qconf, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         (folder / SIDECAR_FILE).write_text(json.dumps(sidecar, indent=2, allow_nan=False) + "\n", encoding="utf-8")

@@ -166,7 +166,7 @@ def _records(graph: Graph, ids: _Ids | None = None) -> list[tuple[Node, str, dic
         weight = node.inputs[1] if is_module and node.op_type != "Relu" and len(node.inputs) > 1 else None
         qw = quant_type_of(weight) if weight is not None and not _short(_module_type(node)).endswith(
             ("Pool1d", "Pool2d", "Pool3d", "ReLU")) else None  # fmt: skip
-        inputs = []
+        inputs: list[dict[str, Any]] = []
         for slot in slots:
             v = node.inputs[slot] if slot >= 0 else None
             if v is None:

@@ -62,16 +62,20 @@ def _compute_status(node: Node) -> tuple[bool, str]:
         one_group = is_grouped(qw) and qw.granularity.axis == 0 and (qw.granularity.group_size or 0) >= k
         per_tensor = qw.granularity.kind is GranularityKind.PER_TENSOR
         if op != "MatMul" or qw.dtype not in WEIGHT_DTYPES or qw.zero_point.any() or not (one_group or per_tensor):
-            return False, (f"dynamic quantization in {RUNTIME} runs a MatMul with int8 symmetric weights per tensor "
-                           f"or per channel; %{w1.name} of this {op} is {qw.dtype} {qw.granularity.kind.value}")
+            return False, (
+                f"dynamic quantization in {RUNTIME} runs a MatMul with int8 symmetric weights per tensor "
+                f"or per channel; %{w1.name} of this {op} is {qw.dtype} {qw.granularity.kind.value}"
+            )
         return True, (f"runs as {WEIGHT_ONLY.kernel} (i8 weights) with activations quantized per batch at run "
                       f"time ({DYNAMIC_RUNTIME_CONFIG})")  # fmt: skip
     if qx is None and w1 is not None and (qw := _qtype(w1)) is not None and is_grouped(qw):  # weight-only unit
         problem = weight_only_problem(node, w1, qw, WEIGHT_ONLY, RUNTIME)
         group, k = qw.granularity.group_size or 0, w1.const.shape[0] if w1.const is not None else 0
         if problem is None and group < k and k % group:
-            problem = (f"weight %{w1.name} has K={k} in groups of {group}; OpenVINO's ONNX frontend takes blocked "
-                       "weights only when the group size divides K (choose a divisor, or -1: one group per channel)")
+            problem = (
+                f"weight %{w1.name} has K={k} in groups of {group}; OpenVINO's ONNX frontend takes blocked "
+                "weights only when the group size divides K (choose a divisor, or -1: one group per channel)"
+            )
         if problem is not None:
             return False, problem
         return True, f"runs as {WEIGHT_ONLY.kernel} ({qw.dtype} weights, group {qw.granularity.group_size})"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.ao.quantization.fx._decomposed  # noqa: F401  # registers torch.ops.quantized_decomposed
+import torch.ao.quantization.fx._decomposed  # registers torch.ops.quantized_decomposed
 
 from quantir.ir import DType, GranularityKind, QuantType
 from quantir.ir.quant_math import quantize

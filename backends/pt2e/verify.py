@@ -32,7 +32,9 @@ __all__ = [
 ]  # fmt: skip
 
 _ONEDNN = re.compile(r"onednn\.(q\w+?)(?:\.default|\.tensor|\.binary|\.binary_tensor)?\(")
-_FLOAT_HEAVY = re.compile(r"(aten\.convolution|aten\.mm|aten\.addmm|aten\.bmm|extern_kernels\.(?:mm|addmm|bmm|convolution))\(")
+_FLOAT_HEAVY = re.compile(
+    r"(aten\.convolution|aten\.mm|aten\.addmm|aten\.bmm|extern_kernels\.(?:mm|addmm|bmm|convolution))\("
+)
 
 
 def load_program(artifact_dir: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:

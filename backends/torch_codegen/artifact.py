@@ -48,7 +48,7 @@ def quiet() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # type: ignore[attr-defined]
         warnings.filterwarnings("ignore", message=r".*quantized tensor.*|.*quint8.*|.*qint8.*")
         warnings.filterwarnings("ignore", message=r"To copy construct from a tensor")  # Inductor's qconv lowering
         yield
@@ -66,8 +66,9 @@ def emit_torch(graph: Graph, out_dir: str | os.PathLike[str], *, manifest: dict[
     module = build_module(graph, flavor)
     examples, shapes = example_inputs(graph)
     names = dict(zip(graph.nodes, node_names(graph), strict=True))
+    unit_names: dict[str, str] = getattr(module, "unit_names", {})
     units = [{"name": names[n], "op_type": n.op_type, "module": n.source.module if n.source else "",
-              "unit": module.unit_names.get(names[n], "")} for n in quantized_units(graph, table)]  # type: ignore[union-attr]  # fmt: skip
+              "unit": unit_names.get(names[n], "")} for n in quantized_units(graph, table)]  # fmt: skip
     lowered = lower_to_qdq(graph, guard_float_weights=False, dynamic=False)
     holder: dict[str, Any] = {}
 
@@ -142,7 +143,9 @@ def compare_outputs(report: VerifyReport, folder: Path, manifest: dict[str, Any]
             report.disagreements.append(f"output {name!r}: {runtime} and the fake-quant reference differ by {what}")
 
 
-def match_kernels(units: list[dict[str, Any]], found: list[tuple[str, str]], kinds: Mapping[str, str]) -> list[KernelRow]:
+def match_kernels(
+    units: list[dict[str, Any]], found: list[tuple[str, str]], kinds: Mapping[str, str]
+) -> list[KernelRow]:
     """Quantized IR units against the int8 kernels the runtime shows (kind, description), matched by kind in
     execution order (the runtime's graph has no IR names): a unit with no kernel left of its kind is not int8."""
     spare = list(found)
@@ -152,5 +155,7 @@ def match_kernels(units: list[dict[str, Any]], found: list[tuple[str, str]], kin
         hit = next((k for k in spare if k[0] == want), None)
         if hit is not None:
             spare.remove(hit)
-        rows.append(KernelRow(u["name"], u["op_type"], u.get("module", ""), want, hit[1] if hit else "", hit is not None))
+        rows.append(
+            KernelRow(u["name"], u["op_type"], u.get("module", ""), want, hit[1] if hit else "", hit is not None)
+        )
     return rows

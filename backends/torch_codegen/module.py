@@ -110,12 +110,12 @@ class Unit(nn.Module):
             self.bias = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight
+        w: torch.Tensor = self.weight  # type: ignore[assignment]  # a registered buffer
         if self.qw is not None:
-            w = self.flavor.weight(w, self.weight_scale, self.weight_zero_point, self.qw)
+            w = self.flavor.weight(w, self.weight_scale, self.weight_zero_point, self.qw)  # type: ignore[arg-type]
         if self.kind == "conv":
-            return conv(self.node, x, w, self.bias)
-        return torch.nn.functional.linear(x, w, self.bias)
+            return conv(self.node, x, w, self.bias)  # type: ignore[arg-type]
+        return torch.nn.functional.linear(x, w, self.bias)  # type: ignore[arg-type]
 
 
 def _identifier(name: str, taken: set[str]) -> str:
@@ -324,9 +324,9 @@ class IRModule(nn.Module):
                 outs = [self.get_submodule(step.unit)(as_tensor(xs[0]))]
             else:
                 outs = OPS[step.node.op_type](step.node, xs)
-            for name, out in zip(step.outputs, outs, strict=False):
-                if name is not None:
-                    env[name] = self._fake_quant(name, out)
+            for out_name, out in zip(step.outputs, outs, strict=False):
+                if out_name is not None:
+                    env[out_name] = self._fake_quant(out_name, out)
         results = [as_tensor(env[n]) for n in self._output_names]
         return results[0] if len(results) == 1 else tuple(results)
 
@@ -376,4 +376,3 @@ def example_inputs(graph: Graph, sizes: dict[str, int] | None = None) -> tuple[t
         tensors.append(torch.zeros(dims, dtype=dtype) if not dtype.is_floating_point else torch.rand(dims, dtype=dtype))
         shapes.append(dyn or None)
     return tuple(tensors), tuple(shapes)
-

@@ -65,8 +65,9 @@ def _is_dims(*values: Any) -> bool:
 
 def _dims_ok(*values: Any) -> bool:
     """Every value is `Dims` or a small 0-/1-d int constant: shape arithmetic runs on Python ints."""
-    return all(isinstance(v, Dims) or (isinstance(v, np.ndarray) and v.ndim <= 1 and v.dtype.kind in "iu")
-               for v in values)
+    return all(
+        isinstance(v, Dims) or (isinstance(v, np.ndarray) and v.ndim <= 1 and v.dtype.kind in "iu") for v in values
+    )
 
 
 _ONNX_DTYPES: dict[int, torch.dtype] = {
@@ -156,7 +157,7 @@ def _binary(node: Node, xs: list[Any]) -> list[Any]:
 
 @_op("Max", "Min", "Sum")
 def _variadic(node: Node, xs: list[Any]) -> list[Any]:
-    f = {"Max": torch.maximum, "Min": torch.minimum, "Sum": torch.add}[node.op_type]
+    f: Any = {"Max": torch.maximum, "Min": torch.minimum, "Sum": torch.add}[node.op_type]
     out = as_tensor(xs[0])
     for x in xs[1:]:
         out = f(out, as_tensor(x))

@@ -13,6 +13,7 @@ import pytest
 from quantir.backends.onnx_proto import emit_model
 from quantir.backends.onnx_qdq import legalize_for_onnx_qdq
 from quantir.backends.onnx_qdq.legalize import quantized_compute_units
+from quantir.compiler.isa import default_reduce_range
 from quantir.compiler.qparams.scales import bias_qparams, compute_qparams, unify_ranges
 from quantir.ir import (
     Attr,
@@ -106,7 +107,9 @@ class Net:
                     continue
                 arr = w.const.numpy()
                 red = tuple(i for i in range(arr.ndim) if i != axis)
-                wspec = QuantSpec(I8, Scheme.SYM, Granularity.per_channel(axis))
+                # 7-bit weights where ORT's u8s8 kernels saturate (AVX2 without VNNI), as quantir's default does
+                narrow = {"qmin": -64, "qmax": 64} if default_reduce_range() else {}
+                wspec = QuantSpec(I8, Scheme.SYM, Granularity.per_channel(axis), **narrow)  # type: ignore[arg-type]
                 w.quant = compute_qparams(arr.min(axis=red), arr.max(axis=red), wspec)
                 b_idx = traits_of(node.op_type).bias
                 b = node.inputs[b_idx] if b_idx is not None and b_idx < len(node.inputs) else None

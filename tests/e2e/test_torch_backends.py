@@ -125,9 +125,7 @@ def test_torch_artifacts_agree_with_ort_and_openvino_within_one_lsb(
 
 
 @pytest.mark.parametrize("fallback", ["fc1", torch.nn.Linear])
-def test_set_local_fallbacks_are_exact_in_both_artifacts(
-    fallback: object, digits: DigitsSplit, tmp_path: Path
-) -> None:
+def test_set_local_fallbacks_are_exact_in_both_artifacts(fallback: object, digits: DigitsSplit, tmp_path: Path) -> None:
     cfg = StaticQuantConfig()
     cfg.set_local(fallback, FP32)  # type: ignore[arg-type]
     q = _quantize(cfg, digits, "pt2e")
@@ -160,9 +158,9 @@ def test_artifacts_reload_in_a_fresh_process_bit_identical(
 ) -> None:
     x = digits.test_x[:64]
     np.save(tmp_path / "x.npy", x)
-    subprocess.run([sys.executable, "-c", _RELOAD, backend, os.fspath(artifacts[backend]), os.fspath(tmp_path / "x.npy"),
-                    os.fspath(tmp_path / "y.npy")], check=True, capture_output=True)  # fmt: skip
-    here = (load_pt2e(artifacts[backend], compile=False) if backend == "pt2e" else load_ipex(artifacts[backend]))
+    args = [os.fspath(artifacts[backend]), os.fspath(tmp_path / "x.npy"), os.fspath(tmp_path / "y.npy")]
+    subprocess.run([sys.executable, "-c", _RELOAD, backend, *args], check=True, capture_output=True)
+    here = load_pt2e(artifacts[backend], compile=False) if backend == "pt2e" else load_ipex(artifacts[backend])
     assert np.load(tmp_path / "y.npy").tobytes() == here({"x": x})[0].tobytes()
 
 
@@ -210,3 +208,9 @@ def test_a_module_that_does_not_export_is_a_clear_error() -> None:
 
     with pytest.raises(FrontendError, match="data-dependent"):
         prepare(DataDependent(), StaticQuantConfig(), example_inputs=(torch.ones(2, 3),), backend="pt2e")
+
+
+def test_quantized_model_for_a_torch_backend_returns_torch_tensors(digits: DigitsSplit) -> None:
+    q = _quantize(StaticQuantConfig(), digits, "ipex")
+    out = q(torch.from_numpy(digits.test_x[:16]))
+    assert isinstance(out, torch.Tensor) and out.shape == (16, 10)
