@@ -44,6 +44,7 @@ __all__ = [
     "ValueChange",
     "VerifyReport",
     "WeightOnlyCapability",
+    "check_outputs",
     "compare_output",
     "format_table",
     "lazy",
@@ -97,8 +98,11 @@ class CapabilityTable:
         object.__setattr__(self, "units", {op: cap.kind for op, cap in self.ops.items()})
         object.__setattr__(self, "weight_inputs_only",
                            frozenset(op for op, cap in self.ops.items() if cap.weight_inputs_only))  # fmt: skip
-        object.__setattr__(self, "float_output_ok",
-                           frozenset(op for op, cap in self.ops.items() if cap.float_output_kernel is not None))
+        object.__setattr__(
+            self,
+            "float_output_ok",
+            frozenset(op for op, cap in self.ops.items() if cap.float_output_kernel is not None),
+        )
 
     def get(self, op_type: str) -> OpCapability | None:
         return self.ops.get(op_type)
@@ -303,8 +307,11 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         """Every quantized unit runs in low precision, no kernel on a node the IR left float, outputs agree."""
-        return not self.disagreements and not self.missed and not self.unmatched_kernels and all(
-            o.ok for o in self.outputs
+        return (
+            not self.disagreements
+            and not self.missed
+            and not self.unmatched_kernels
+            and all(o.ok for o in self.outputs)
         )
 
     def coverage_text(self) -> str:
@@ -359,6 +366,19 @@ def compare_output(name: str, got: np.ndarray, ref: np.ndarray, info: Mapping[st
         return OutputRow(name, diff, lsb, None, lsb <= max_lsb * (1 + 1e-5), vs_float)  # a step, rounded in float32
     rel = diff / max(float(np.max(np.abs(ref), initial=0.0)), float(np.finfo(np.float32).tiny))
     return OutputRow(name, diff, None, rel, rel <= max_rel, vs_float)
+
+
+def check_outputs(report: VerifyReport, runtime: str, names: Sequence[str], got: Sequence[np.ndarray],
+                  reference: Mapping[str, np.ndarray], infos: Mapping[str, Any], max_lsb: float,
+                  max_rel: float) -> None:  # fmt: skip
+    """Compare an artifact's outputs (`names`, `got`) with its fake-quant `reference` outputs (`compare_output`),
+    appending a row per output to `report` and a disagreement for each that is off."""
+    for name, out in zip(names, got, strict=True):
+        row = compare_output(name, out, reference[name], infos.get(name, {}), max_lsb, max_rel)
+        report.outputs.append(row)
+        if not row.ok:
+            what = f"{row.lsb:.3g} LSB" if row.lsb is not None else f"{row.rel:.3g} relative"
+            report.disagreements.append(f"output {name!r}: {runtime} and the fake-quant reference differ by {what}")
 
 
 # ---- the backend ----------------------------------------------------------------------------------------------------

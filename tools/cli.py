@@ -151,7 +151,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     import numpy as np
     import onnx
 
-    from quantir.tools.crossrt import artifacts, cross_runtime, reference_model
+    from quantir.tools.crossrt import artifacts, cross_runtime_all, reference_model
 
     if args.command == "verify":
         print("quantir: note: `quantir verify` is now `quantir compare` (`quantir ir verify` checks IR files)",
@@ -178,15 +178,18 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             inputs[i.name] = (
                 rng.random(shape).astype(dtype) if np.issubdtype(dtype, np.floating) else np.ones(shape, dtype)
             )
-    report = cross_runtime(args.dir, inputs)
-    print(report.format())
-    ok = report.ok(args.max_lsb)
-    worst = report.max_lsb
-    verdict = "agree" if ok else "DISAGREE"
-    shown = "-" if worst is None else f"{worst:.3f}"
-    print(f"{report.runtime_a} and {report.runtime_b} {verdict}: worst output {shown} LSB "
-          f"(limit {args.max_lsb:g})")  # fmt: skip
-    return EXIT_OK if ok else EXIT_DIFFERENT
+    reports = cross_runtime_all(args.dir, inputs)
+    ok_all = True
+    for report in reports:
+        print(report.format())
+        ok = report.ok(args.max_lsb)
+        ok_all &= ok
+        worst = report.max_lsb
+        verdict = "agree" if ok else "DISAGREE"
+        shown = "-" if worst is None else f"{worst:.3f}"
+        print(f"{report.runtime_a} and {report.runtime_b} {verdict}: worst output {shown} LSB "
+              f"(limit {args.max_lsb:g})")  # fmt: skip
+    return EXIT_OK if ok_all else EXIT_DIFFERENT
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:

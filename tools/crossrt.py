@@ -46,8 +46,10 @@ from quantir.backends.contract import Backend
 from quantir.backends.registry import backend_names, get_backend
 from quantir.ir import SerializationError
 
-__all__ = ["CrossRow", "CrossRuntimeReport", "artifacts", "cross_runtime", "reference_model"]
-
+__all__ = [
+    "CrossRow", "CrossRuntimeReport", "artifacts", "compare_artifacts", "cross_runtime", "cross_runtime_all",
+    "reference_model",
+]  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +124,8 @@ class CrossRuntimeReport:
 
 
 def artifacts(path: str | os.PathLike[str]) -> list[tuple[Backend, Path]]:
-    """(backend, artifact) of two backends in a `convert --to all` folder, or in one artifact's parent folder when
-    `path` is an artifact (its sibling is looked up next to it); backends in registry order."""
+    """(backend, artifact) of every backend (at least two) in a `convert --to all` folder, or in one artifact's
+    parent folder when `path` is an artifact (its siblings are looked up next to it); backends in registry order."""
     from quantir.backends.onnx_proto.artifact import read_manifest
 
     root = Path(path)
@@ -143,7 +145,7 @@ def artifacts(path: str | os.PathLike[str]) -> list[tuple[Backend, Path]]:
             f"{', '.join(names) or 'none'}; missing: {', '.join(missing)}); write them with "
             "`quantir convert MODEL --to all -o DIR`"
         )
-    return [(get_backend(n), found[n]) for n in names[:2]]
+    return [(get_backend(n), found[n]) for n in names]
 
 
 def _qparams(model_path: Path) -> dict[str, tuple[Any, Any]]:
@@ -245,9 +247,23 @@ def cross_runtime(path: str | os.PathLike[str], inputs: dict[str, np.ndarray]) -
     `path` is a `convert --to all` folder or one artifact inside one. Raises `SerializationError` when two artifacts
     are missing or were not saved from the same IR.
     """
+    (backend_a, a_dir), (backend_b, b_dir) = artifacts(path)[:2]
+    return compare_artifacts((backend_a, a_dir), (backend_b, b_dir), inputs)
+
+
+def cross_runtime_all(path: str | os.PathLike[str], inputs: dict[str, np.ndarray]) -> list[CrossRuntimeReport]:
+    """The first artifact of `path` (registry order: onnx_qdq when present) against every other one in it, each
+    in its own runtime: what `quantir compare` prints for a `convert --to all` folder."""
+    found = artifacts(path)
+    return [compare_artifacts(found[0], other, inputs) for other in found[1:]]
+
+
+def compare_artifacts(a: tuple[Backend, Path], b: tuple[Backend, Path], inputs: dict[str, np.ndarray]
+                      ) -> CrossRuntimeReport:  # fmt: skip
+    """Artifact `a` against artifact `b` of the same IR (see the module docstring)."""
     from quantir.backends.onnx_proto.artifact import read_manifest
 
-    (backend_a, a_dir), (backend_b, b_dir) = artifacts(path)
+    (backend_a, a_dir), (backend_b, b_dir) = a, b
     ma, mb = read_manifest(a_dir) or {}, read_manifest(b_dir) or {}
     ref_a, ref_b = reference_model(backend_a, a_dir), reference_model(backend_b, b_dir)
     identity = _identity(a_dir, b_dir, ma, mb, ref_a, ref_b)

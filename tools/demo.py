@@ -102,14 +102,14 @@ def _backend_path(quantized: Any, name: str, split: Any, out: Path, model: Path)
 
 
 def _cross_runtime(out: Path, split: Any) -> None:
-    from quantir.tools.crossrt import cross_runtime
+    from quantir.tools.crossrt import cross_runtime_all
 
     try:
-        cross = cross_runtime(out / "all", {"x": split.calib_x})
+        reports = cross_runtime_all(out / "all", {"x": split.calib_x})
     except QuantirError as e:
         print(f"cross       not compared: {e}")
         return
-    for row in cross.rows:
+    for cross, row in ((c, r) for c in reports for r in c.rows):
         lsb = "-" if row.lsb is None else f"{row.lsb:.2f}"
         arg = "" if row.argmax is None else f", argmax agreement {row.argmax:.2%}"
         step = "-" if row.step is None else f"{row.step:.4g}"

@@ -21,25 +21,17 @@ from quantir.backends.ipex.emit import BACKEND, MODEL_FILE, int8_patterns
 from quantir.backends.torch_codegen.artifact import (
     TorchRunner,
     compare_outputs,
+    load_model_file,
     match_kernels,
-    quiet,
-    read_torch_manifest,
 )
-from quantir.ir import SerializationError
 
 __all__ = ["load", "load_script", "verify_ipex"]
 
 
 def load_script(artifact_dir: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
     """The artifact's TorchScript module (`torch.jit.load`) and manifest."""
-    folder = Path(artifact_dir)
-    manifest = read_torch_manifest(folder, BACKEND)
-    path = folder / manifest.get("model", MODEL_FILE)
-    try:
-        with quiet():
-            return torch.jit.load(os.fspath(path)).eval(), manifest
-    except Exception as e:  # torch.jit.load raises RuntimeError and others for a bad archive
-        raise SerializationError(f"torch.jit.load cannot read {os.fspath(path)!r}: {e}") from e
+    script, manifest = load_model_file(artifact_dir, BACKEND, MODEL_FILE, torch.jit.load, "torch.jit.load")
+    return script.eval(), manifest
 
 
 def load(artifact_dir: str | os.PathLike[str], *, threads: int | None = None) -> TorchRunner:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import openvino as ov
 
-from quantir.backends.contract import DYNAMIC_MAX_REL, KernelRow, VerifyReport, compare_output
+from quantir.backends.contract import DYNAMIC_MAX_REL, KernelRow, VerifyReport, check_outputs
 from quantir.backends.onnx_proto import ort_session, run_all
 from quantir.backends.onnx_proto.artifact import read_manifest
 from quantir.backends.openvino.capabilities import COVERAGE_LAYERS, RUNTIME, is_int8_primitive, is_weight_only_kernel
@@ -144,8 +144,10 @@ def verify_openvino(
         report.notes.append(note)
     if manifest.get("openvino", {}).get("runtime_config", {}).get("DYNAMIC_QUANTIZATION_GROUP_SIZE"):
         max_rel = max(max_rel, DYNAMIC_MAX_REL)
-        report.notes.append(f"the CPU plugin quantizes activations per batch at run time (dynamic quantization), "
-                            f"which the reference leaves float: outputs are compared within {DYNAMIC_MAX_REL:g}")
+        report.notes.append(
+            f"the CPU plugin quantizes activations per batch at run time (dynamic quantization), "
+            f"which the reference leaves float: outputs are compared within {DYNAMIC_MAX_REL:g}"
+        )
     units = manifest.get("quantized_nodes", [])
     owners = [_owner(rows, u["name"]) for u in units]
     spare = _unowned_heavy(rows, [o for o in owners if o is not None])
@@ -170,11 +172,6 @@ def verify_openvino(
         kernels[f"FullyConnected ({n.precision} weights)"] += 1
     report.kernels = dict(kernels)
     ref = run_all(ort_session(folder / manifest.get("reference", REFERENCE_FILE), level="none"), inputs)
-    infos = manifest.get("outputs", {})
-    for name, got in zip(runner.output_names, runner(inputs), strict=True):
-        row_ = compare_output(name, got, ref[name], infos.get(name, {}), max_lsb, max_rel)
-        report.outputs.append(row_)
-        if not row_.ok:
-            what = f"{row_.lsb:.3g} LSB" if row_.lsb is not None else f"{row_.rel:.3g} relative"
-            report.disagreements.append(f"output {name!r}: OpenVINO and the fake-quant reference differ by {what}")
+    check_outputs(report, "OpenVINO", runner.output_names, runner(inputs), ref, manifest.get("outputs", {}), max_lsb,
+                  max_rel)  # fmt: skip
     return report

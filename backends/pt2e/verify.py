@@ -21,11 +21,11 @@ from quantir.backends.pt2e.emit import BACKEND, MODEL_FILE
 from quantir.backends.torch_codegen.artifact import (
     TorchRunner,
     compare_outputs,
+    load_model_file,
     match_kernels,
     quiet,
     read_torch_manifest,
 )
-from quantir.ir import SerializationError
 
 __all__ = [
     "compile_program", "generated_code", "kernel_counts", "load", "load_program", "program_units", "verify_pt2e",
@@ -39,14 +39,7 @@ _FLOAT_HEAVY = re.compile(
 
 def load_program(artifact_dir: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
     """The artifact's exported program and manifest."""
-    folder = Path(artifact_dir)
-    manifest = read_torch_manifest(folder, BACKEND)
-    path = folder / manifest.get("model", MODEL_FILE)
-    try:
-        with quiet():
-            return torch.export.load(os.fspath(path)), manifest
-    except Exception as e:  # torch.export.load raises several types for a bad archive
-        raise SerializationError(f"torch.export.load cannot read {os.fspath(path)!r}: {e}") from e
+    return load_model_file(artifact_dir, BACKEND, MODEL_FILE, torch.export.load, "torch.export.load")
 
 
 def compile_program(module: torch.nn.Module) -> Callable[..., Any]:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from quantir.backends.contract import CapabilityTable, KernelRow, VerifyReport, compare_output
+from quantir.backends.contract import CapabilityTable, KernelRow, VerifyReport, check_outputs
 from quantir.backends.onnx_proto import ort_session, run_all, save_model
 from quantir.backends.onnx_proto.artifact import (
     SCHEMA,
@@ -32,7 +32,8 @@ from quantir.backends.torch_codegen.module import QuantFlavor, build_module, exa
 from quantir.ir import Graph, SerializationError
 
 __all__ = [
-    "REFERENCE_FILE", "TorchRunner", "compare_outputs", "emit_torch", "match_kernels", "quiet", "read_torch_manifest",
+    "REFERENCE_FILE", "TorchRunner", "compare_outputs", "emit_torch", "load_model_file", "match_kernels", "quiet",
+    "read_torch_manifest",
 ]  # fmt: skip
 
 REFERENCE_FILE = "model.qdq.onnx"
@@ -103,6 +104,20 @@ def read_torch_manifest(folder: Path, backend: str) -> dict[str, Any]:
     return manifest
 
 
+def load_model_file(artifact_dir: str | os.PathLike[str], backend: str, default: str,
+                    loader: Callable[[str], Any], how: str) -> tuple[Any, dict[str, Any]]:  # fmt: skip
+    """`loader(path)` of the model file the manifest names (`default` if none), and the manifest; a bad archive is a
+    `SerializationError` naming the file and `how` it was read."""
+    folder = Path(artifact_dir)
+    manifest = read_torch_manifest(folder, backend)
+    path = folder / manifest.get("model", default)
+    try:
+        with quiet():
+            return loader(os.fspath(path)), manifest
+    except Exception as e:  # torch's loaders raise RuntimeError and others for a bad archive
+        raise SerializationError(f"{how} cannot read {os.fspath(path)!r}: {e}") from e
+
+
 class TorchRunner:
     """A torch callable as the contract's `Runner`: named numpy inputs in, numpy outputs in model order out."""
 
@@ -134,13 +149,8 @@ def compare_outputs(report: VerifyReport, folder: Path, manifest: dict[str, Any]
                     inputs: dict[str, np.ndarray], max_lsb: float, max_rel: float, runtime: str) -> None:  # fmt: skip
     """The artifact's outputs on `inputs` against the IR's fake-quant reference (ORT, no graph optimization)."""
     ref = run_all(ort_session(folder / manifest.get("reference", REFERENCE_FILE), level="none"), inputs)
-    infos = manifest.get("outputs", {})
-    for name, got in zip(runner.output_names, runner(inputs), strict=True):
-        row = compare_output(name, got, ref[name], infos.get(name, {}), max_lsb, max_rel)
-        report.outputs.append(row)
-        if not row.ok:
-            what = f"{row.lsb:.3g} LSB" if row.lsb is not None else f"{row.rel:.3g} relative"
-            report.disagreements.append(f"output {name!r}: {runtime} and the fake-quant reference differ by {what}")
+    check_outputs(report, runtime, runner.output_names, runner(inputs), ref, manifest.get("outputs", {}), max_lsb,
+                  max_rel)  # fmt: skip
 
 
 def match_kernels(
