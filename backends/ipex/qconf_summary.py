@@ -39,7 +39,7 @@ FIELDS: dict[str, frozenset[str]] = {
     "q_op": frozenset({"op_type", "op_type_is_module", "fqn", "input_tensor_infos", "weight_tensor_infos",
                        "output_tensor_infos", "activation_observer", "weight_observer"}),
     "input": frozenset({"id", "orig_dtype", "inf_dtype", "force_dtype"}),
-    "weight": frozenset({"orig_dtype", "inf_dtype", "scale", "zero_point"}),
+    "weight": frozenset({"orig_dtype", "inf_dtype"}),
     "output": frozenset({"id", "orig_dtype", "inf_dtype"}),
     "observer": frozenset({"name", "dtype", "qscheme", "reduce_range", "quant_min", "quant_max", "is_dynamic"}),
 }  # fmt: skip
