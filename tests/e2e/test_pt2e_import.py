@@ -31,6 +31,7 @@ from quantir.backends.onnx_proto.qdq import lower_to_qdq
 from quantir.backends.onnx_proto.runtime import ort_session, run_all
 from quantir.backends.onnx_qdq.verify import verify_onnx_qdq
 from quantir.backends.openvino.verify import CPU_CONFIG, verify_openvino
+from quantir.compiler.isa import detect_cpu
 from quantir.compiler.model_io import export_onnx
 from quantir.compiler.retarget import from_quantized, requantize, target_differences
 from quantir.frontends.onnx import import_onnx
@@ -38,6 +39,16 @@ from quantir.ir import DType, GranularityKind, QuantType, verify
 from quantir.ir.quant_math import quantize
 from quantir.tools.dev.train_digits import load_bundled_module
 from quantir.tools.digits import DigitsSplit, load_digits_split
+
+SATURATING_CPU = pytest.mark.xfail(
+    detect_cpu().int8_saturates,
+    reason=(
+        "full-range int8 weights saturate in the u8 x s8 kernels of x86 CPUs without VNNI/AMX (vpmaddubsw adds pairs in"
+        " int16): measured on an AVX2 AMD EPYC, OpenVINO's jit_avx2_I8 kernels 2-3 output LSB off its fake-quant "
+        "reference on PT2E's full-range weights; quantir's own calibration uses 7-bit weights there (compiler/isa.py)"
+    ),
+    strict=False,
+)
 
 VARIANTS = ("x86", "xnnpack", "xnnpack_per_tensor")
 WEIGHTS = ("conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight")
@@ -209,6 +220,7 @@ def test_reference_matches_ort_on_the_source(pt2e: dict[str, Path], variant: str
     assert np.array_equal(ref, got), float(np.max(np.abs(ref - got)))
 
 
+@SATURATING_CPU
 @pytest.mark.parametrize("variant", ["x86", "xnnpack"])
 def test_retargeted_to_openvino_matches_openvino_reading_it(pt2e: dict[str, Path], variant: str,
                                                             digits: DigitsSplit, fp32_accuracy: float,
@@ -225,6 +237,7 @@ def test_retargeted_to_openvino_matches_openvino_reading_it(pt2e: dict[str, Path
     assert abs(_accuracy(ours, digits) - fp32_accuracy) <= 0.005
 
 
+@SATURATING_CPU
 def test_per_tensor_weights_reported_and_requantized(pt2e: dict[str, Path], digits: DigitsSplit,
                                                      fp32_accuracy: float, tmp_path: Path) -> None:  # fmt: skip
     src = pt2e["xnnpack_per_tensor"]

@@ -148,7 +148,7 @@ def _write_bad_inputs(tmp: Path, x: np.ndarray) -> None:
         ),
         (
             ["--calib", "{tmp}/good.npz", "--to", "tensorrt"],
-            "--to tensorrt: unknown target; expected onnx-qdq, openvino or all",
+            "--to tensorrt: unknown target; expected onnx-qdq, openvino, pt2e, ipex or all",
         ),
     ],
     ids=["nan", "missing-file", "wrong-name", "wrong-shape", "empty", "unknown-op-type", "bad-config-value", "bad-to"],

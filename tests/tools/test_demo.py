@@ -15,11 +15,16 @@ from quantir.tools.demo import run_demo
 def test_demo_converts_to_every_backend_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_demo(str(tmp_path)) == 0
     out = capsys.readouterr().out
+    fp32 = None
     for name in backend_names():
         assert re.search(rf"^{name}\s+.*coverage 100% \(4/4 Conv/MatMul/Gemm\).*; ok$", out, re.MULTILINE), out
-        top1 = re.search(rf"^{name}\s+held-out top-1 on 597 images: FP32 ([\d.]+)%, int8 ([\d.]+)%", out, re.MULTILINE)
-        assert top1 is not None and float(top1[2]) >= float(top1[1]) - 0.5, out
+        # a torch backend has no float model in its own runtime: its int8 is held against ONNX Runtime's FP32
+        top1 = re.search(rf"^{name}\s+held-out top-1 on 597 images: (?:FP32 ([\d.]+)%, )?int8 ([\d.]+)%", out,
+                         re.MULTILINE)  # fmt: skip
+        assert top1 is not None, out
+        fp32 = float(top1[1]) if top1[1] is not None else fp32
+        assert fp32 is not None and float(top1[2]) >= fp32 - 0.5, out
         assert (tmp_path / "all" / name / "quantir.json").is_file()
-    lsb = re.search(r"^cross .* = ([\d.]+) LSB", out, re.MULTILINE)
-    assert lsb is not None and float(lsb[1]) <= 1.0, out
+    lsb = re.findall(r"^cross .* = ([\d.]+) LSB", out, re.MULTILINE)
+    assert len(lsb) == len(backend_names()) - 1 and all(float(x) <= 1.0 for x in lsb), out
     assert "text IR round trip exact" in out
