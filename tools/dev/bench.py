@@ -504,6 +504,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", help="write the results as JSON to this file")
     parser.add_argument("--workdir", help="keep the quantized models here (default: a temporary directory)")
+    parser.add_argument(
+        "--torch", action="store_true", help="benchmark the torch artifacts (pt2e, ipex) against torch FP32 and PT2E"
+    )
 
 
 def _split(value: str, allowed: Sequence[str], what: str) -> list[str]:
@@ -520,6 +523,10 @@ def main(argv_or_args: Sequence[str] | argparse.Namespace | None = None) -> int:
     add_arguments(parser)
     own = not isinstance(argv_or_args, argparse.Namespace)
     args = argv_or_args if isinstance(argv_or_args, argparse.Namespace) else parser.parse_args(argv_or_args)
+    if getattr(args, "torch", False):
+        from quantir.tools.dev.bench_torch import main as bench_torch
+
+        return bench_torch(args)
     try:
         models, tools = _split(args.models, MODELS, "model"), _split(args.tools, TOOLS + LOW_BIT_TOOLS, "tool")
     except ConfigError as e:
