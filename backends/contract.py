@@ -429,6 +429,9 @@ class Backend:
     """Its fused kernels need the bias as int32 at s_x·s_w (a float source bias is quantized when retargeting)."""
     weight_only: WeightOnlyCapability | None = None
     """Its weight-only kernels (None: it runs none; weight-only configs are refused for it)."""
+    fp8_only: bool = False
+    """Its artifacts hold FP8 only (an int8 IR has nothing for it): `--to all` and the demo give it an FP8
+    conversion."""
     folds_constant_math: str | None = None
     """Why its converter folds dequantized constants that no Conv/MatMul/Gemm reads as weight (None: it does not)."""
 

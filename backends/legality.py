@@ -13,10 +13,14 @@ from quantir.ir.traits import UnitKind
 
 __all__ = [
     "EIGHT_BIT",
+    "FP8_DTYPES",
+    "FP8_OPS",
     "LOW_BIT_WEIGHTS",
     "activation_problem",
     "describe_params",
+    "fp8_unit_problem",
     "is_dynamic_input",
+    "is_fp8",
     "is_grouped",
     "quant_type_of",
     "remove_unread",
@@ -26,6 +30,11 @@ __all__ = [
 ]
 
 EIGHT_BIT = frozenset({DType.U8, DType.I8})
+FP8_DTYPES = frozenset({DType.F8E4M3FN, DType.F8E5M2})
+"""The FP8 storage types ONNX (QuantizeLinear-19 float8e4m3fn/float8e5m2) and OpenVINO (FakeConvert f8e4m3/f8e5m2)
+both express; the `fnuz` variants have neither."""
+FP8_OPS = frozenset({"Conv", "MatMul", "Gemm"})
+"""The ops an FP8 unit is: FP8 activation and constant FP8 weight in, float out (the Gaudi FP8 form)."""
 
 
 def quant_type_of(v: Value | None) -> QuantType | None:
@@ -137,3 +146,50 @@ def _float_reader(node: Node, status: dict[Node, tuple[bool, str]], table: Capab
         outs = [o for o in node.outputs if o is not None]
         return bool(outs) and all(quant_type_of(o) is None and o.uses() for o in outs)
     return others
+
+
+# ---- FP8 units (emulated on CPUs: the runtime casts to FP8 and back, the op itself runs in float) ----------------
+
+
+def is_fp8(q: QuantType | None) -> bool:
+    """`q` is an FP8 (float storage) quant type."""
+    return q is not None and q.dtype.is_float
+
+
+def fp8_unit_problem(node: Node, weights: dict[int, int], runtime: str) -> str | None:
+    """Why `node` (a Conv/MatMul/Gemm with an FP8 input or weight) is not an FP8 unit `runtime` can emulate, or None.
+
+    An FP8 unit reads an FP8 activation (per tensor, zero point 0) and a constant FP8 weight (zero point 0, per tensor
+    or per output channel: `weights` maps the constant weight inputs to their channel axis); its bias and output are
+    float."""
+    op = node.op_type
+    x = node.inputs[0] if node.inputs else None
+    w = node.inputs[1] if 1 in weights else None
+    qx, qw = quant_type_of(x), quant_type_of(w)
+    if op not in FP8_OPS:
+        return f"{op} has no FP8 form in {runtime} (FP8 covers {', '.join(sorted(FP8_OPS))})"
+    if w is None:
+        return f"{op} has no constant weight; an FP8 {op} here needs an FP8 activation times a constant FP8 weight"
+    for v, q, what in ((x, qx, "input"), (w, qw, "weight")):
+        assert v is not None
+        if q is None:
+            return f"{what} %{v.name} of {op} is not quantized; an FP8 {op} needs FP8 activation and weight"
+        if q.dtype not in FP8_DTYPES:
+            kind = "FP8" if q.dtype.is_float else "integer"
+            return (
+                f"{what} %{v.name} of {op} is {q.dtype} ({kind}); {runtime} takes FP8 as "
+                f"{' or '.join(sorted(d.value for d in FP8_DTYPES))}, and not mixed with integer types"
+            )
+        if q.zero_point.any():
+            return f"{what} %{v.name} of {op} has a nonzero zero point; FP8 quantization is symmetric"
+    assert x is not None and w is not None and qx is not None and qw is not None
+    if qx.granularity.kind is not GranularityKind.PER_TENSOR:
+        return f"input %{x.name} of {op} is FP8 {qx.granularity.kind.value}; FP8 activations take one scale"
+    g = qw.granularity
+    rank = w.type.rank if isinstance(w.type, TensorType) else None
+    if g.kind is GranularityKind.PER_GROUP:
+        return f"weight %{w.name} is FP8 per group; FP8 weights take one scale per tensor or per output channel"
+    if g.kind is GranularityKind.PER_CHANNEL and g.axis is not None and rank and g.axis % rank != weights[1]:
+        return (f"weight %{w.name} is FP8 per channel on axis {g.axis % rank}; the output channels of {op} are on "
+                f"axis {weights[1]}")  # fmt: skip
+    return None

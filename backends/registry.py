@@ -19,6 +19,7 @@ _BUILTIN: dict[str, str] = {
     "openvino": "quantir.backends.openvino.backend",
     "pt2e": "quantir.backends.pt2e.backend",
     "ipex": "quantir.backends.ipex.backend",
+    "gaudi_fp8": "quantir.backends.gaudi_fp8.backend",
 }
 """Built-in backend name -> the module whose `BACKEND` describes it."""
 

@@ -24,6 +24,8 @@ from quantir.compiler.pass_manager import Pass, PassContext, PassManager, PrintM
 from quantir.compiler.passes import Annotate, Canonicalize, ComputeQParams, EliminateDeadCode, FoldConstants
 from quantir.compiler.passes.calibrate import Calibrator, calibrate_stream, for_specs, observed_values
 from quantir.compiler.passes.dynamic_quant import DynamicQuant
+from quantir.compiler.passes.fp8_annotate import Fp8Annotate
+from quantir.compiler.passes.fp8_qparams import Fp8QParams
 from quantir.compiler.passes.smooth_quant import SmoothQuant, select_smoothing_targets, smoothable_inputs
 from quantir.compiler.passes.weight_only_awq import WeightOnlyAWQ
 from quantir.compiler.passes.weight_only_gptq import WeightOnlyGPTQ, layer_inputs
@@ -38,9 +40,9 @@ from quantir.ir.clone import clone_graph
 
 __all__ = ["PreparedModel", "convert", "prepare", "quantize"]
 
-QuantConfig = StaticQuantConfig | RTNConfig
-"""The configs `prepare`/`convert`/`quantize` take: static int8 (calibrated), or weight-only RTN and dynamic int8
-(`DynamicQuantConfig`, a StaticQuantConfig subclass), which need no data."""
+QuantConfig = StaticQuantConfig | RTNConfig | FP8Config
+"""The configs `prepare`/`convert`/`quantize` take: static int8 (calibrated), weight-only RTN and dynamic int8
+(`DynamicQuantConfig`, a StaticQuantConfig subclass), which need no data, and Gaudi FP8 (calibrated maxabs)."""
 
 
 def _data_free(cfg: object) -> bool:
@@ -51,18 +53,12 @@ def _data_free(cfg: object) -> bool:
 def _is_static(cfg: object) -> bool:
     return isinstance(cfg, StaticQuantConfig) and not isinstance(cfg, DynamicQuantConfig)
 
-_NOT_BUILT = {
-    FP8Config: "FP8 quantization (FP8Config) is not implemented yet; quantize with StaticQuantConfig",
-}
-
 
 def _check_config(cfg: Any, where: str) -> QuantConfig:
-    for kind, missing in _NOT_BUILT.items():
-        if isinstance(cfg, kind):
-            raise NotImplementedError(f"{where}: {missing}")
-    if not isinstance(cfg, (StaticQuantConfig, RTNConfig)):
+    if not isinstance(cfg, (StaticQuantConfig, RTNConfig, FP8Config)):
         found = type(cfg).__name__
-        raise ConfigError(f"{where}: quant_config must be a StaticQuantConfig or an RTNConfig, got {found}")
+        raise ConfigError(f"{where}: quant_config must be a StaticQuantConfig, an RTNConfig or an FP8Config, got "
+                          f"{found}")  # fmt: skip
     if cfg.tunable:
         lists = ", ".join(f"{n}={getattr(cfg, n)!r}" for n in list_fields(cfg, cfg.TUNABLE_FIELDS))
         raise ConfigError(f"{where}: the {type(cfg).__name__} has list-valued fields ({lists}), "
@@ -130,9 +126,7 @@ class PreparedModel:
         self.keep_samples = 0
         """Calibration batches kept, up to `keep_samples` samples (autotune's sensitivity analysis reads them)."""
 
-    def annotate(
-        self, quant_config: QuantConfig | None = None, *, print_ir: bool = False
-    ) -> tuple[Graph, PassContext]:
+    def annotate(self, quant_config: QuantConfig | None = None, *, print_ir: bool = False) -> tuple[Graph, PassContext]:
         """A copy of the float graph annotated for `quant_config` (default: prepare's), and its pass context;
         `print_ir` applies prepare's `print_ir_after`. A weight-only config's annotation is its whole quantization
         (weight types computed, nothing to calibrate)."""
@@ -145,6 +139,7 @@ class PreparedModel:
                                "layers' input statistics)")  # fmt: skip
         step: Pass = (WeightOnlyRTN(config=cfg, backend=self.backend) if isinstance(cfg, RTNConfig)
                       else DynamicQuant(config=cfg, backend=self.backend) if isinstance(cfg, DynamicQuantConfig)
+                      else Fp8Annotate(config=cfg) if isinstance(cfg, FP8Config)
                       else Annotate(backend=self.backend, config=cfg))  # fmt: skip
         PassManager([step], print_ir_after=mode).run(graph, ctx)
         return graph, ctx
@@ -193,8 +188,9 @@ class PreparedModel:
         on stderr when it is a terminal (`progress=False`: never). An .npz is cut into batches of `batch_size`
         (default: the batch the model fixes, else 32)."""
         size = sampling_size if sampling_size is not None else getattr(self.config, "calibration_sampling_size", 100)
-        calibrate_stream(self.calibrator, data, self.graph, size, progress=progress, batch_size=batch_size,
-                         on_feed=self._keep)
+        calibrate_stream(
+            self.calibrator, data, self.graph, size, progress=progress, batch_size=batch_size, on_feed=self._keep
+        )
         return self
 
     def _keep(self, feed: dict[str, np.ndarray]) -> None:
@@ -231,7 +227,9 @@ def prepare(
     backend = get_backend(backend).name  # an unknown backend fails here, before any work
     graph = _load(model, example_inputs, dynamic_shapes)
     mode: PrintMode | None = "all" if print_ir_after == "all" else "change" if print_ir_after == "change" else None
-    passes: list[Pass] = [FoldConstants(), Canonicalize(), EliminateDeadCode()]
+    # INC's FP8 quantizes a Conv2d's own weight, before any BatchNorm after it: the checkpoint keeps both modules
+    passes: list[Pass] = [FoldConstants(), Canonicalize(fold_batchnorm=not isinstance(cfg, FP8Config)),
+                          EliminateDeadCode()]  # fmt: skip
     PassManager(passes, print_ir_after=mode).run(graph, PassContext())
     prepared = PreparedModel(graph, cfg, backend, print_ir_after=mode)
     if _is_static(cfg):  # checked against the graph here, before calibration (the others check at convert)
@@ -258,6 +256,8 @@ def convert(prepared: PreparedModel, quant_config: QuantConfig | None = None) ->
         PassManager([step], print_ir_after=prepared.print_ir_after).run(graph, ctx)
         return QuantizedModel(graph, prepared.backend, cfg, ctx)
     graph, ctx = prepared.annotate(cfg, print_ir=True)
+    if isinstance(cfg, FP8Config):
+        return _convert_fp8(prepared, cfg, graph, ctx)
     if isinstance(cfg, (RTNConfig, DynamicQuantConfig)):  # nothing to calibrate: annotation computed the weights
         return QuantizedModel(graph, prepared.backend, cfg, ctx)
     calibrator = prepared.calibrator
@@ -285,6 +285,18 @@ def convert(prepared: PreparedModel, quant_config: QuantConfig | None = None) ->
     steps = float_output_steps(graph, calibrator.output_ranges(), Convention[name.upper()])
     if steps:
         ctx.calibration["output_steps"] = steps
+    return QuantizedModel(graph, prepared.backend, cfg, ctx)
+
+
+def _convert_fp8(prepared: PreparedModel, cfg: FP8Config, graph: Graph, ctx: PassContext) -> QuantizedModel:
+    """FP8: the annotated modules' input ranges from calibration, then INC's scales (fp8-qparams)."""
+    calibrator = prepared.calibrator
+    ctx.ranges = calibrator.ranges_for(graph)
+    ctx.calibration = calibrator.stats()
+    outputs = calibrator.output_ranges()
+    if cfg.measure_exclude == "NONE":  # module outputs are measured too (where calibration observed them)
+        outputs.update({name: obs.range() for name, obs in calibrator.minmax.items() if obs.nbytes})
+    PassManager([Fp8QParams(config=cfg, output_ranges=outputs)], print_ir_after=prepared.print_ir_after).run(graph, ctx)
     return QuantizedModel(graph, prepared.backend, cfg, ctx)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from quantir.backends.contract import HEAVY_OPS, Backend, CapabilityTable, LegalizeReport, OpDecision, Runner
 from quantir.backends.registry import get_backend
 from quantir.compiler.calibration.data import validate_batch
-from quantir.compiler.config.quant_config import StaticQuantConfig
+from quantir.compiler.config.quant_config import FP8Config, StaticQuantConfig
 from quantir.compiler.config.weight_only_config import RTNConfig
 from quantir.compiler.decisions import aligned_rows, decisions_of, node_label
 from quantir.compiler.pass_manager import PassContext, PassManager
@@ -59,7 +59,9 @@ def _merge(annotated: list[OpDecision], legal: list[OpDecision | None], caps: Ca
 class QuantizedModel:
     """Callable (runs the default backend's artifact), savable to any backend, and self-explaining."""
 
-    def __init__(self, ir: Graph, backend: str, config: StaticQuantConfig | RTNConfig, ctx: PassContext) -> None:
+    def __init__(
+        self, ir: Graph, backend: str, config: StaticQuantConfig | RTNConfig | FP8Config, ctx: PassContext
+    ) -> None:
         self.ir = ir
         self.backend = get_backend(backend).name
         self.config = config

@@ -495,7 +495,8 @@ class _Builder:
     def check_range(
         self, dtype: DType, qmin: int | None, qmax: int | None, params: dict[str, Leaf], tree: lark.Tree
     ) -> None:
-        if qmin is not None and qmax is not None and qmin >= qmax:
+        no_range = dtype.is_float and qmin == qmax == 0  # float storage (FP8) has no integer range: 0, 0
+        if qmin is not None and qmax is not None and qmin >= qmax and not no_range:
             self.fail(f"qmin {qmin} must be below qmax {qmax}", params["qmin"])
         if dtype.is_integer:
             lo, hi = dtype.int_range

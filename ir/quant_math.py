@@ -14,7 +14,7 @@ from quantir.ir.errors import PassError
 from quantir.ir.printer import MiniFloat, minifloat
 from quantir.ir.types import Granularity, GranularityKind, QuantType
 
-__all__ = ["dequantize", "fake_quantize", "quantize"]
+__all__ = ["dequantize", "fake_quantize", "from_float_storage", "quantize", "round_float", "to_float_storage"]
 
 
 def _expand(param: np.ndarray, g: Granularity, shape: tuple[int, ...]) -> np.ndarray:
@@ -94,3 +94,33 @@ def dequantize(q: npt.ArrayLike, qtype: QuantType) -> np.ndarray:
 def fake_quantize(x: npt.ArrayLike, qtype: QuantType) -> np.ndarray:
     """What consumers of a quantized value see: dequantize(quantize(x))."""
     return dequantize(quantize(x, qtype), qtype)
+
+
+_HP_FLOATS = (DType.F32, DType.F16, DType.BF16)
+
+
+def to_float_storage(x: npt.ArrayLike, dtype: DType) -> np.ndarray:
+    """float32 `x` in the storage of the float type `dtype`, rounded to nearest even: float32 itself, float16, or
+    bfloat16 as its uint16 bits (the upper half of the float32 bits; NaN stays a quiet NaN)."""
+    f = np.array(x, dtype=np.float32, order="C")  # (ascontiguousarray makes a 0-d array 1-d)
+    if dtype is DType.F32:
+        return f.copy()
+    if dtype is DType.F16:
+        return f.astype(np.float16)
+    if dtype is not DType.BF16:
+        raise PassError(f"{dtype} is not a high-precision float type; expected one of {[d.value for d in _HP_FLOATS]}")
+    u = f.view(np.uint32).astype(np.uint64)
+    bits = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    return np.where(np.isnan(f), np.uint16(0x7FC0), bits).astype(np.uint16)
+
+
+def from_float_storage(bits: np.ndarray, dtype: DType) -> np.ndarray:
+    """The float32 values of `to_float_storage`'s result."""
+    if dtype is DType.BF16:
+        return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+    return np.asarray(bits).astype(np.float32)
+
+
+def round_float(x: npt.ArrayLike, dtype: DType) -> np.ndarray:
+    """float32 `x` rounded to the nearest value of the float type `dtype` (as float32)."""
+    return from_float_storage(to_float_storage(x, dtype), dtype)

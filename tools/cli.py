@@ -260,7 +260,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accept-low-accuracy", action="store_true",
                    help="keep an artifact whose output collapses against the float model (mean cosine below "
                    "0.9; by default that fails, naming the first layer whose error collapses)")  # fmt: skip
-    p.add_argument("--config", help="a StaticQuantConfig as YAML or JSON")
+    p.add_argument("--config", help='a config as YAML or JSON: StaticQuantConfig, INC\'s {"rtn": ...} or FP8 JSON form')
     p.add_argument("--sampling-size", type=int, help="calibration samples to use (default: the config's, 100)")
     p.add_argument("-o", "--output", required=True, help="the artifact folder to write")
     p.add_argument("--batch-size", type=int, help=_BATCH_HELP)

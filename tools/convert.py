@@ -29,7 +29,7 @@ from quantir.backends.registry import backend_names, get_backend
 from quantir.compiler.api import convert, prepare
 from quantir.compiler.calibration.data import feeds
 from quantir.compiler.config.dynamic_config import DynamicQuantConfig
-from quantir.compiler.config.quant_config import StaticQuantConfig, load_config
+from quantir.compiler.config.quant_config import FP8Config, StaticQuantConfig, load_config
 from quantir.compiler.config.weight_only_config import AWQConfig, GPTQConfig, RTNConfig
 from quantir.compiler.passes.calibrate import budget_batch
 from quantir.compiler.quantized_model import QuantizedModel
@@ -45,7 +45,8 @@ def summarize(model: QuantizedModel) -> str:
     rows = model.decisions()
     lines = [f"recipe: {r}" for r in model.ctx.recipes]
     lines.append(f"ops: {sum(d.quantized for d in rows)} quantized, {sum(not d.quantized for d in rows)} float")
-    low = "wonly" if isinstance(model.config, RTNConfig) else "int8 "
+    cfg = model.config
+    low = "wonly" if isinstance(cfg, RTNConfig) else "fp8  " if isinstance(cfg, FP8Config) else "int8 "
     for (quantized, reason), n in Counter((d.quantized, d.reason) for d in rows).most_common():
         lines.append(f"  {low if quantized else 'float'}  {n:4d}  {reason}")
     return "\n".join(lines)
@@ -244,8 +245,9 @@ def run_retarget(args: argparse.Namespace, targets: list[str], worker: ProbeWork
 
 def run_convert(args: argparse.Namespace) -> int:
     known = backend_names()
-    if args.to == "all":
-        targets = list(known)
+    if args.to == "all":  # a backend that holds FP8 only is a target of FP8 configs only
+        fp8 = bool(args.config) and isinstance(load_config(args.config), FP8Config)
+        targets = [n for n in known if fp8 or not get_backend(n).fp8_only]
     else:
         try:
             targets = [get_backend(args.to).name]
@@ -297,7 +299,8 @@ def _convert_float(args: argparse.Namespace, targets: list[str], worker: ProbeWo
             feed = next(_batches(args.calib, model, size, args.batch_size)) if args.calib else _probe_feed(model)
             report = verify_fresh(t, path, feed, worker)
             print(f"{t}: {path}")
-            print(f"  {'low-bit' if weight_only else 'int8'} kernel coverage: {report.coverage_text()}")
+            kind = "low-bit" if weight_only else "FP8 module" if isinstance(cfg, FP8Config) else "int8 kernel"
+            print(f"  {kind} coverage: {report.coverage_text()}")
             _print_runtime_notes(report)
             if data_free and Path(args.model).is_file():
                 source = Path(args.model).stat().st_size / 1e6

@@ -20,7 +20,7 @@ import numpy as np
 from quantir.backends.contract import Runner
 from quantir.backends.registry import DEFAULT_BACKEND, backend_names, get_backend
 from quantir.compiler.api import convert, prepare
-from quantir.compiler.config.quant_config import StaticQuantConfig
+from quantir.compiler.config.quant_config import FP8Config, StaticQuantConfig
 from quantir.compiler.model_io import load_graph
 from quantir.ir import QuantirError, first_difference, textio
 from quantir.tools.convert import verify_fresh
@@ -70,14 +70,16 @@ def _torch_path(split: Any, out: Path) -> float | None:
     return int8
 
 
-def _backend_path(quantized: Any, name: str, split: Any, out: Path, model: Path) -> float | None:
+def _backend_path(quantized: Any, name: str, split: Any, out: Path, model: Path,
+                  precision: str = "int8") -> float | None:  # fmt: skip
     """Save the quantized model for backend `name`; print its verification, accuracy and latency against the float
-    model in the same runtime. Returns the int8 held-out top-1 minus FP32's, or None when the runtime is missing."""
+    model in the same runtime. Returns the quantized held-out top-1 minus FP32's (0 where the runtime has no float
+    model), or None when the runtime is missing."""
     backend = get_backend(name)
     label = name[:11].ljust(11)
     t0 = time.perf_counter()
     try:
-        artifact = quantized.save(out / "all" / name, backend=name)
+        artifact = quantized.save(out / ("all" if precision == "int8" else precision) / name, backend=name)
     except ImportError as e:
         print(f"{label} {backend.runtime} is not installed ({e}): skipped")
         return None
@@ -87,7 +89,7 @@ def _backend_path(quantized: Any, name: str, split: Any, out: Path, model: Path)
     int8 = backend.load(artifact, threads=1)
     acc_q = _top1(int8, split.test_x, split.test_y)
     if backend.load_float is None:
-        print(f"{label} held-out top-1 on {len(split.test_y)} images: int8 {acc_q:.2%}")
+        print(f"{label} held-out top-1 on {len(split.test_y)} images: {precision} {acc_q:.2%}")
         return 0.0
     fp32 = backend.load_float(model, threads=1)
     acc_f = _top1(fp32, split.test_x, split.test_y)
@@ -96,8 +98,10 @@ def _backend_path(quantized: Any, name: str, split: Any, out: Path, model: Path)
     for batch in (1, 32):
         x = split.test_x[:batch]
         lf, lq = _median_latency_ms(fp32, x), _median_latency_ms(int8, x)
-        print(f"{label} latency b{batch}: FP32 {lf:.3f} ms, int8 {lq:.3f} ms ({lq / lf:.2f}x; {backend.runtime}, "
-              "1 thread, median)")
+        print(
+            f"{label} latency b{batch}: FP32 {lf:.3f} ms, int8 {lq:.3f} ms ({lq / lf:.2f}x; {backend.runtime}, "
+            "1 thread, median)"
+        )
     return acc_q - acc_f
 
 
@@ -138,8 +142,18 @@ def run_demo(workdir: str | None = None) -> int:
         seconds = time.perf_counter() - t0
         print(f"convert     int8 in {seconds:.2f} s with {len(split.calib_x)} calibration images")
         (out / "all").mkdir(exist_ok=True)
-        drops = [_backend_path(quantized, name, split, out, model) for name in backend_names()]
+        int8 = [n for n in backend_names() if not get_backend(n).fp8_only]
+        drops = [_backend_path(quantized, name, split, out, model) for name in int8]
         _cross_runtime(out, split)
+        fp8 = [n for n in backend_names() if get_backend(n).fp8_only]
+        if fp8:
+            t0 = time.perf_counter()
+            (out / "fp8").mkdir(exist_ok=True)
+            prepared = prepare(model, FP8Config(), backend=fp8[0])
+            prepared.calibrate(split.calib_x, progress=False)
+            fp8_model = convert(prepared)
+            print(f"convert     FP8 (FP8Config: E4M3, maxabs_hw, Gaudi2 scales) in {time.perf_counter() - t0:.2f} s")
+            drops += [_backend_path(fp8_model, name, split, out, model, precision="fp8") for name in fp8]
         fp32 = get_backend(DEFAULT_BACKEND).load_float
         assert fp32 is not None
         acc_f = _top1(fp32(model), split.test_x, split.test_y)

@@ -135,7 +135,7 @@ def write_artifact(out: Path, write: Callable[[Path], None], manifest: str | Cal
             os.fsync(f.fileno())
         os.chmod(tmp, 0o755)  # mkdtemp (and mkstemp) create private entries; an artifact is shared
         for entry in tmp.iterdir():
-            os.chmod(entry, 0o644)
+            os.chmod(entry, 0o755 if entry.is_dir() else 0o644)
         check_destination(out)
         _swap_into_place(tmp, out)
     except OSError as e:

@@ -29,10 +29,12 @@ def ort_session(
     level: OptLevel = "all",
     threads: int | None = None,
     optimized_to: Path | None = None,
+    config: Mapping[str, str] | None = None,
 ) -> Any:
     """A quiet CPU session of `model` (a path or serialized bytes); `level="none"` runs the graph as written (for a
-    QDQ model: the IR's fake-quant semantics, Q/DQ executed as float kernels). `optimized_to` has ORT save the graph
-    it optimized there (weights over 1 KiB beside it in `<name>.data`)."""
+        QDQ model: the IR's fake-quant semantics, Q/DQ executed as float kernels). `optimized_to` has ORT save the graph
+        it optimized there (weights over 1 KiB beside it in `<name>.data`). `config` holds session config entries (an
+    artifact's `session_config`, e.g. FP8's `session.disable_quant_qdq`)."""
     import onnxruntime as ort  # loaded on first use: the IR tools that only read and write models never need it
 
     opts = ort.SessionOptions()
@@ -40,6 +42,8 @@ def ort_session(
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
     if threads is not None:
         opts.intra_op_num_threads = threads
+    for key, value in (config or {}).items():
+        opts.add_session_config_entry(key, value)
     if optimized_to is not None:
         opts.optimized_model_filepath = os.fspath(optimized_to)
         opts.add_session_config_entry(
@@ -60,9 +64,14 @@ class OrtRunner:
     """An ONNX model in an ORT CPU session, as the contract's `Runner`: feed dict in, outputs in model order out."""
 
     def __init__(
-        self, model: str | os.PathLike[str] | bytes, *, level: OptLevel = "all", threads: int | None = None
+        self,
+        model: str | os.PathLike[str] | bytes,
+        *,
+        level: OptLevel = "all",
+        threads: int | None = None,
+        config: Mapping[str, str] | None = None,
     ) -> None:
-        self.session = ort_session(model, level=level, threads=threads)
+        self.session = ort_session(model, level=level, threads=threads, config=config)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 

@@ -25,8 +25,11 @@ __all__ = [
     "ATTRIBUTE_RULES",
     "CAPABILITIES",
     "COVERAGE_KERNELS",
+    "FP8_NOTE",
+    "FP8_SESSION_CONFIG",
     "FUSED_KERNELS",
     "MIN_OPSET_BLOCKED",
+    "MIN_OPSET_FP8",
     "MIN_OPSET_PER_AXIS",
     "MIN_OPSET_QDQ",
     "OPSET_SIGNATURE_CHANGES",
@@ -39,6 +42,7 @@ __all__ = [
     "bias_problem",
     "capability_of",
     "fold_problem",
+    "fp8_kernel",
 ]
 
 
@@ -75,13 +79,40 @@ TABLE = CapabilityTable(RUNTIME, CAPABILITIES)
 """The table annotation reads (through the registry)."""
 
 ACTIVATION_DTYPES = EIGHT_BIT
-"""8-bit activations only: 16-bit, 4-bit and FP8 break compute units. S8 is rewritten to U8 on x86 (QDQS8ToU8)."""
+"""8-bit activations only: 16-bit, 4-bit and FP8 break integer compute units (FP8 units are emulated: FP8_NOTE).
+S8 is rewritten to U8 on x86 (QDQS8ToU8)."""
 WEIGHT_DTYPES = frozenset({DType.I8})
 """Symmetric s8 weights with zero point 0 (U8 activations x S8 weights on x86; S8 x S8 via the S8->U8 rewrite)."""
 
 # QuantizeLinear/DequantizeLinear exist from opset 10, their `axis` (per-channel scales) from 13, `block_size` and
 # 4-bit types from 21: one definition, the QDQ lowering's
 MIN_OPSET_QDQ, MIN_OPSET_PER_AXIS, MIN_OPSET_BLOCKED = qdq.MIN_OPSET_QDQ, qdq.MIN_OPSET_PER_AXIS, qdq.MIN_OPSET_BLOCKED
+MIN_OPSET_FP8 = qdq.MIN_OPSET_FP8
+"""float8e4m3fn/float8e5m2 QuantizeLinear/DequantizeLinear (with `saturate`) exist from opset 19."""
+
+FP8_NOTE = (
+    "ONNX Runtime has no FP8 kernels on CPU: QuantizeLinear/DequantizeLinear({types}) run, the Conv/MatMul/Gemm "
+    "runs in float (emulation)"
+)
+"""What ORT 1.32's CPU EP does with an FP8 unit (measured: the optimized model keeps QuantizeLinear ->
+DequantizeLinear -> Conv, and DequantizeLinear(float8 weight, axis 0) -> Conv, at every optimization level; no
+fusion exists for float8 in the CPU EP, its FP8 GEMM is CUDA-only: onnxruntime-quantization.md §5)."""
+
+
+FP8_SESSION_CONFIG: dict[str, str] = {"session.disable_quant_qdq": "1"}
+"""How an FP8 artifact must be loaded in ORT: without the QDQ graph transformers, which assume integer storage.
+Measured on ORT 1.32 with the digits CNN: QDQPropagation copies a float8 Q/DQ pair back through Reshape and MaxPool
+onto a Relu's output, and ReluQuantFusion then deletes that Relu (its rule "zero point = storage minimum, so Q
+clamps like Relu" is false for float8, whose +0.0 zero point has negative codes below it): the logits differed from
+the unoptimized model by 1.44 relative. With the transformers off (and the emitter's `Max(x, x)` between a Relu and
+its own float8 Q, against ReluQuantFusion, which this switch does not turn off) the rest of the optimizer still
+runs (constant folding turns the float8 weight DequantizeLinear into f32 initializers, Conv+Relu fuse) and agrees
+within 0.009 relative: float summation order flips single FP8 roundings of later activations."""
+
+
+def fp8_kernel(op_type: str) -> str:
+    """What ORT runs for an FP8 unit of `op_type` (the `expected` of its verify row)."""
+    return f"{op_type} in float on FP8 Q/DQ (emulated)"
 
 
 def _float_attr(node: Node, name: str, default: float) -> float:
@@ -126,17 +157,7 @@ FUSED_KERNELS: frozenset[str] = frozenset(
 """Every integer kernel `verify` counts in ORT's optimized model."""
 
 
-
-
 # ---- type constraints of a unit (each returns the reason fusion fails, or None) ---------------------------------
-
-
-
-
-
-
-
-
 
 
 def bias_problem(node: Node, x: QuantType, w: QuantType, kernel: str) -> str | None:
@@ -181,6 +202,8 @@ def fold_problem(act: Node) -> str | None:
     q = quant_type_of(out)
     if out is None or q is None:
         return f"{act.op_type} output is not quantized, so no QuantizeLinear can absorb it"
+    if q.dtype.is_float:
+        return f"{act.op_type} output %{out.name} is FP8: ORT has no FP8 kernel to fold it into, so it runs in float"
     if q.dtype not in ACTIVATION_DTYPES or q.granularity.kind is not GranularityKind.PER_TENSOR:
         return f"{act.op_type} output %{out.name} is not an 8-bit per-tensor activation"
     lo, hi = q.dtype.int_range  # QuantizeLinear saturates to the full storage range
@@ -197,8 +220,6 @@ def fold_problem(act: Node) -> str | None:
     if int(codes[0]) != lo or int(codes[1]) != hi:
         return f"Clip range [{bounds[0]:g}, {bounds[1]:g}] is narrower than the quantized range of %{out.name}"
     return None
-
-
 
 
 def capability_of(node: Node) -> Capability | None:

@@ -1,7 +1,8 @@
 """Legalize a quantized IR graph for ONNX Runtime's QDQ fusion (ARCHITECTURE.md §5).
 
-Postcondition: only what ORT's CPU EP runs as fused integer kernels stays quantized, and every quant type removed
-or op left in float has a reason in the `LegalizeReport`. `classify` applies the node-unit rules of
+Postcondition: only what ORT's CPU EP runs as fused integer kernels stays quantized, plus the inputs and weights of
+FP8 Conv/MatMul/Gemm units (ORT emulates those: float8 Q/DQ, then the float op), and every quant type removed or op
+left in float has a reason in the `LegalizeReport`. `classify` applies the node-unit rules of
 `capabilities` to the current quant types; `legalize_for_onnx_qdq` removes what no unit needs until nothing changes.
 """
 
@@ -13,7 +14,9 @@ from quantir.backends.contract import LegalizeReport, OpDecision, ValueChange
 from quantir.backends.legality import (
     activation_problem,
     describe_params,
+    fp8_unit_problem,
     is_dynamic_input,
+    is_fp8,
     is_grouped,
     quant_type_of,
     same_params,
@@ -25,6 +28,7 @@ from quantir.backends.onnx_proto.qdq import node_names, require_calibrated
 from quantir.backends.onnx_qdq.capabilities import (
     ATTRIBUTE_RULES,
     MIN_OPSET_BLOCKED,
+    MIN_OPSET_FP8,
     MIN_OPSET_PER_AXIS,
     MIN_OPSET_QDQ,
     RUNTIME,
@@ -34,14 +38,21 @@ from quantir.backends.onnx_qdq.capabilities import (
     bias_problem,
     capability_of,
     fold_problem,
+    fp8_kernel,
 )
 from quantir.backends.onnx_qdq.matmul_nbits import blockable
 from quantir.ir import DType, GranularityKind, Graph, Node, QuantType, TensorType, Value, traits_of
 from quantir.ir.traits import weight_inputs
 
-__all__ = ["LegalizeReport", "UnitStatus", "classify", "legalize_for_onnx_qdq", "quantized_compute_units"]
+__all__ = [
+    "LegalizeReport", "UnitStatus", "classify", "emulated_units", "legalize_for_onnx_qdq", "quantized_compute_units",
+]  # fmt: skip
 
 ORPHAN = "no integer kernel reads or writes it"
+FP8_ORPHAN = (
+    "no FP8 Conv/MatMul/Gemm reads it: ONNX Runtime has no FP8 kernels on CPU, so a float8 QuantizeLinear/"
+    "DequantizeLinear pair here would only add rounding"
+)
 
 
 # ---- node-unit rules ------------------------------------------------------------------------------------------------
@@ -57,6 +68,8 @@ class UnitStatus:
     kernel: str = ""
     fold: Node | None = None
     """The Relu/Clip absorbed into this compute unit's output QuantizeLinear."""
+    emulated: bool = False
+    """An FP8 unit: ORT runs its float8 Q/DQ and the op in float (it reads FP8 input and weight, writes float)."""
 
 
 def _float(reason: str, kind: UnitKind | None = None) -> UnitStatus:
@@ -93,12 +106,14 @@ def _compute_unit(node: Node, cap: Capability, graph: Graph, opset: int) -> Unit
     op = node.op_type
     if (problem := _not_float(node, cap)) is not None:
         return _float(problem, cap.kind)
+    weights = {i: a for i, a in weight_inputs(node).items() if (w := node.inputs[i]) is not None and w.is_constant}
+    if (fp8 := _fp8_unit(node, weights, cap)) is not None:
+        return fp8
     if opset < cap.min_opset:
         return _float(f"{op} at opset {opset}: ORT fuses it only from opset {cap.min_opset}", cap.kind)
     rule = ATTRIBUTE_RULES.get(op)
     if rule is not None and (problem := rule(node)) is not None:
         return _float(problem, cap.kind)
-    weights = {i: a for i, a in weight_inputs(node).items() if (w := node.inputs[i]) is not None and w.is_constant}
     if (dynamic := _dynamic_unit(node, weights, cap)) is not None:
         return dynamic
     if (weight_only := _weight_only_unit(node, weights, cap)) is not None:
@@ -142,6 +157,22 @@ def _compute_unit(node: Node, cap: Capability, graph: Graph, opset: int) -> Unit
     if 0 in qs and 1 in qs and (problem := bias_problem(node, qs[0], qs[1], kernel)) is not None:
         return _float(problem, cap.kind)
     return UnitStatus(True, f"runs as {kernel}", cap.kind, kernel, fold)
+
+
+def _fp8_unit(node: Node, weights: dict[int, int], cap: Capability) -> UnitStatus | None:
+    """The status of an FP8 unit (FP8 activation x constant FP8 weight, float output), or None when neither input is
+    FP8. ORT emulates it: no fusion, so its attributes (Gemm alpha/beta) and bias do not matter."""
+    x = node.inputs[0] if node.inputs else None
+    w = node.inputs[1] if len(node.inputs) > 1 else None
+    if not (is_fp8(quant_type_of(x)) or is_fp8(quant_type_of(w))):
+        return None
+    if (problem := fp8_unit_problem(node, weights, RUNTIME)) is not None:
+        return _float(problem, cap.kind)
+    qx, qw = quant_type_of(x), quant_type_of(w)
+    assert qx is not None and qw is not None
+    types = "/".join(sorted({f"float8{q.dtype.value[2:]}" for q in (qx, qw)}))
+    return UnitStatus(True, f"emulated: ORT runs QuantizeLinear/DequantizeLinear({types}) and a float {node.op_type} "
+                      "(no FP8 kernel on CPU)", cap.kind, fp8_kernel(node.op_type), emulated=True)  # fmt: skip
 
 
 DYNAMIC_KERNEL = "DynamicQuantizeMatMul"
@@ -201,6 +232,8 @@ def _drop_problem(node: Node, cap: Capability, opset: int) -> str | None:
     qx = quant_type_of(x)
     if x is None or qx is None:
         return f"{op} input{f' %{x.name}' if x is not None else ''} is not quantized"
+    if is_fp8(qx):
+        return f"{op} on FP8 data runs in float: ONNX Runtime has no FP8 kernels on CPU (only float8 Q/DQ)"
     if (problem := activation_problem(x, qx, f"8-bit {op}")) is not None:
         return problem
     for out in node.outputs:
@@ -289,6 +322,8 @@ def _target_opset(graph: Graph, opset_min: int) -> int:
     per_axis = any(q.granularity.kind is GranularityKind.PER_CHANNEL for q in quant)
     blocked = any(q.granularity.kind is GranularityKind.PER_GROUP or q.dtype.bits == 4 for q in quant)
     required = MIN_OPSET_BLOCKED if blocked else MIN_OPSET_PER_AXIS if per_axis else MIN_OPSET_QDQ
+    if any(is_fp8(q) for q in quant):
+        required = max(required, MIN_OPSET_FP8)
     wanted = max(opset_min, required)
     if not quant or old >= wanted:
         return old
@@ -297,17 +332,29 @@ def _target_opset(graph: Graph, opset_min: int) -> int:
     return max(old, required)  # below `required`, upgrade_opset names the node that cannot be carried
 
 
+def _reads(st: UnitStatus, node: Node, index: int) -> bool:
+    """Whether the unit `node` (status `st`) reads input `index` in its quantized form."""
+    if st.emulated:  # an FP8 unit reads FP8 activation and weight; its bias is float
+        return index in (0, 1)
+    return st.quantized and reads_quantized(node, index)
+
+
 def _removal_reason(v: Value, status: dict[Node, UnitStatus]) -> str | None:
-    """Why `v` must lose its quant type, or None when an integer kernel reads or writes it."""
+    """Why `v` must lose its quant type, or None when an integer kernel (or an FP8 unit) reads or writes it."""
     p = v.producer
     if p is not None:
         st = status[p]
         if st.quantized and st.fold is not None:
             return f"{st.fold.op_type} folded into Q"
-        if st.quantized:
+        if st.quantized and not st.emulated:  # an FP8 unit writes float
             return None
-    if any(status[u.node].quantized and reads_quantized(u.node, u.idx) for u in v.uses()):
+    if any(_reads(status[u.node], u.node, u.idx) for u in v.uses()):
         return None
+    if is_fp8(quant_type_of(v)):
+        return FP8_ORPHAN
+    emulated = [u.node for u in v.uses() if status[u.node].emulated]
+    if emulated:
+        return f"{emulated[0].op_type} is an FP8 unit (emulated): it reads its bias in float"
     return ORPHAN
 
 
@@ -325,6 +372,8 @@ def legalize_for_onnx_qdq(graph: Graph, *, opset_min: int = 13) -> LegalizeRepor
     what = "Q/DQ"
     if target >= MIN_OPSET_PER_AXIS:
         what = "QuantizeLinear/DequantizeLinear with a per-channel axis"
+    if target >= MIN_OPSET_FP8 and any(is_fp8(quant_type_of(v)) for v in graph.values()):
+        what = "float8 QuantizeLinear/DequantizeLinear"
     if target >= MIN_OPSET_BLOCKED:
         what = "blocked 4/8-bit DequantizeLinear (block_size)"
     rewritten = upgrade_opset(graph, target, why=f"the quantized model needs opset {target} ({what})")
@@ -354,6 +403,11 @@ def legalize_for_onnx_qdq(graph: Graph, *, opset_min: int = 13) -> LegalizeRepor
         reason = st.reason if st.quantized else first_reason[node]
         report.nodes.append(OpDecision(name, node.op_type, module, st.quantized, reason))
     return report
+
+
+def emulated_units(graph: Graph) -> set[Node]:
+    """The FP8 units of a legalized graph: ORT runs their float8 Q/DQ and the op in float (no FP8 kernel)."""
+    return {n for n, st in classify(graph, graph.opset).items() if st.emulated}
 
 
 def quantized_compute_units(graph: Graph) -> list[tuple[Node, str]]:

@@ -18,12 +18,20 @@ import numpy as np
 import onnx
 
 from quantir.backends.contract import DYNAMIC_MAX_REL, KernelRow, VerifyReport, compare_output
+from quantir.backends.onnx_proto.emulation import EmulatedVerifyReport
 from quantir.backends.onnx_proto.runtime import OptLevel, OrtRunner, ort_session
-from quantir.backends.onnx_qdq.capabilities import COVERAGE_KERNELS, FUSED_KERNELS, RUNTIME
+from quantir.backends.onnx_qdq.capabilities import (
+    COVERAGE_KERNELS,
+    FP8_NOTE,
+    FP8_SESSION_CONFIG,
+    FUSED_KERNELS,
+    RUNTIME,
+)
 from quantir.backends.onnx_qdq.emit import MODEL_FILE, read_manifest
-from quantir.ir import SerializationError
+from quantir.ir import DType, Granularity, QuantType, Scheme, SerializationError
+from quantir.ir.quant_math import quantize
 
-__all__ = ["VerifyReport", "load", "verify_onnx_qdq"]
+__all__ = ["EmulatedVerifyReport", "VerifyReport", "fp8_rounding_mismatches", "load", "verify_onnx_qdq"]
 
 _LEFTOVER = ("QuantizeLinear", "DequantizeLinear", "Conv", "MatMul", "Gemm")
 """Ops reported as left unfused: float Q/DQ kernels and float heavy ops."""
@@ -34,18 +42,18 @@ def _runs_integer(op_type: str, actual: str) -> bool:
     return actual in COVERAGE_KERNELS.get(op_type, FUSED_KERNELS)
 
 
-def _session(model: Path, level: OptLevel, optimized: Path | None = None) -> Any:
+def _session(model: Path, level: OptLevel, optimized: Path | None = None, config: dict[str, str] | None = None) -> Any:
     try:
-        return ort_session(model, level=level, optimized_to=optimized)
+        return ort_session(model, level=level, optimized_to=optimized, config=config)
     except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
         raise SerializationError(f"ONNX Runtime cannot load {os.fspath(model)!r}: {e}") from e
 
 
-def _optimized_ops(model: Path) -> dict[str, str]:
+def _optimized_ops(model: Path, config: dict[str, str] | None = None) -> dict[str, str]:
     """Node name -> op type in ORT's optimized model (graph level 2, where the QDQ fusions run)."""
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "optimized.onnx"
-        _session(model, "extended", path)
+        _session(model, "extended", path, config)
         opt = onnx.load(os.fspath(path), load_external_data=False)
     return {n.name or f"<unnamed {i}>": n.op_type for i, n in enumerate(opt.graph.node)}
 
@@ -58,17 +66,88 @@ def _model_file(folder: Path) -> Path:
 
 
 def load(artifact_dir: str | os.PathLike[str], *, threads: int | None = None) -> OrtRunner:
-    """The artifact's model in an ORT CPU session with every optimization (fused integer kernels)."""
-    model = _model_file(Path(artifact_dir))
-    return load_onnx(model, threads=threads)
+    """The artifact's model in an ORT CPU session with every optimization (fused integer kernels), and the session
+    config its manifest asks for (FP8: `FP8_SESSION_CONFIG`)."""
+    folder = Path(artifact_dir)
+    model = _model_file(folder)
+    return load_onnx(model, threads=threads, config=_session_config(folder))
 
 
-def load_onnx(model: str | os.PathLike[str], *, threads: int | None = None) -> OrtRunner:
+def _session_config(folder: Path) -> dict[str, str]:
+    return {str(k): str(v) for k, v in (read_manifest(folder) or {}).get("session_config", {}).items()}
+
+
+def load_onnx(
+    model: str | os.PathLike[str], *, threads: int | None = None, config: dict[str, str] | None = None
+) -> OrtRunner:
     """Any ONNX model (a float baseline, or the artifact's) in an ORT CPU session with every optimization."""
     try:
-        return OrtRunner(model, level="all", threads=threads)
+        return OrtRunner(model, level="all", threads=threads, config=config)
     except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
         raise SerializationError(f"ONNX Runtime cannot load {os.fspath(model)!r}: {e}") from e
+
+
+_FLOAT8 = {onnx.TensorProto.FLOAT8E4M3FN: DType.F8E4M3FN, onnx.TensorProto.FLOAT8E5M2: DType.F8E5M2}
+
+
+def fp8_rounding_mismatches(model: Path, inputs: dict[str, np.ndarray]) -> dict[str, tuple[str, int, int]]:
+    """Per float8 activation QuantizeLinear of `model` (per tensor): (its type, how many of its codes ORT computes
+    differently from `quant_math.quantize` on `inputs`, how many codes). The model runs as written (no optimization)
+    with each such Q's input and output exposed as graph outputs."""
+    proto = onnx.load(os.fspath(model))
+    inits = {t.name: t for t in proto.graph.initializer}
+    checked: dict[str, tuple[DType, float, str]] = {}
+    for n in proto.graph.node:
+        zp = inits.get(n.input[2]) if n.op_type == "QuantizeLinear" and len(n.input) > 2 else None
+        scale = inits.get(n.input[1]) if zp is not None else None
+        if zp is None or scale is None or zp.data_type not in _FLOAT8 or len(scale.dims) != 0:
+            continue
+        checked[n.output[0]] = (_FLOAT8[zp.data_type], float(onnx.numpy_helper.to_array(scale)), n.input[0])
+    if not checked:
+        return {}
+    outputs = {o.name for o in proto.graph.output}
+    for q_out, (_, _, x) in checked.items():
+        proto.graph.output.extend(onnx.ValueInfoProto(name=name) for name in (q_out, x) if name not in outputs)
+        outputs |= {q_out, x}
+    session = _session_bytes(proto.SerializeToString())
+    names = sorted(outputs)
+    got = dict(zip(names, session.run(names, inputs), strict=True))
+    result: dict[str, tuple[str, int, int]] = {}
+    for q_out, (dtype, scale, x) in checked.items():
+        qtype = QuantType(dtype, Scheme.SYM, Granularity.per_tensor(), np.array(scale, np.float32), np.zeros(()), 0, 0)
+        ours = quantize(got[x], qtype)
+        theirs = np.asarray(got[q_out]).view(np.uint8)
+        result[x] = (dtype.value, int(np.count_nonzero(ours != theirs)), int(ours.size))
+    return result
+
+
+def _session_bytes(model: bytes) -> Any:
+    try:
+        return ort_session(model, level="none")
+    except Exception as e:  # ORT raises its own exception types
+        raise SerializationError(f"ONNX Runtime cannot load the FP8 rounding check model: {e}") from e
+
+
+def _check_fp8(report: VerifyReport, model: Path, inputs: dict[str, np.ndarray]) -> None:
+    """The notes on FP8 emulation, and a disagreement wherever ORT's float8 rounding is not quant_math's."""
+    checks = fp8_rounding_mismatches(model, inputs)
+    types = "/".join(sorted({f"float8{t[2:]}" for t, _, _ in checks.values()})) or "float8"
+    q, dq = report.leftover.get("QuantizeLinear", 0), report.leftover.get("DequantizeLinear", 0)
+    report.notes.append(
+        FP8_NOTE.format(types=types) + f"; its optimized model runs {q} QuantizeLinear and {dq} "
+        "DequantizeLinear as float kernels, and has folded the float8 weights into f32 initializers"
+    )
+    config = ", ".join(f"{k}={v}" for k, v in FP8_SESSION_CONFIG.items())
+    report.notes.append(f"load it with the session config {config}: ORT's QDQ transformers assume integer storage "
+                        "and would delete a Relu in front of a float8 QuantizeLinear")  # fmt: skip
+    values = sum(n for _, _, n in checks.values())
+    bad = {x: (m, n) for x, (_, m, n) in checks.items() if m}
+    for x, (m, n) in bad.items():
+        report.disagreements.append(f"activation %{x}: ONNX Runtime's float8 QuantizeLinear gives {m} of {n} codes "
+                                    "that differ from quant_math.quantize")  # fmt: skip
+    if checks and not bad:
+        report.notes.append(f"ONNX Runtime's float8 QuantizeLinear (saturate=1) gives quant_math's codes bit for bit "
+                            f"on {len(checks)} activations ({values} values of these inputs)")  # fmt: skip
 
 
 def verify_onnx_qdq(
@@ -93,20 +172,44 @@ def verify_onnx_qdq(
         onnx.checker.check_model(os.fspath(model), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise SerializationError(f"the QDQ model {os.fspath(model)!r} fails onnx.checker: {e}") from e
-    ops = _optimized_ops(model)
+    ops = _optimized_ops(model, _session_config(folder))
     counts = Counter(ops.values())
-    report = VerifyReport(
+    expected = {u["name"]: u for u in manifest.get("quantized_nodes", [])}
+    emulated = [name for name, u in expected.items() if u.get("emulated")]
+    report = (EmulatedVerifyReport if emulated else VerifyReport)(
         backend=str(manifest.get("backend", "")),
         artifact=folder,
         runtime=RUNTIME,
         kernels={k: n for k, n in counts.items() if k in FUSED_KERNELS},
         leftover={k: counts[k] for k in _LEFTOVER if counts[k]},
     )
-    expected = {u["name"]: u for u in manifest.get("quantized_nodes", [])}
     for name, u in expected.items():
         actual = ops.get(name, "")
-        report.nodes.append(KernelRow(name, u["op_type"], u.get("module", ""), u.get("kernel", ""), actual,
-                                      _runs_integer(u["op_type"], actual)))  # fmt: skip
+        if u.get("emulated"):  # FP8: no kernel to count; say what ORT runs instead
+            kernel = KernelRow(
+                name,
+                u["op_type"],
+                u.get("module", ""),
+                u.get("kernel", ""),
+                f"emulated: float {actual or '(renamed by a fusion)'}",
+                False,
+                "f32",
+                "on float8 Q/DQ outputs",
+            )
+        else:
+            kernel = KernelRow(
+                name,
+                u["op_type"],
+                u.get("module", ""),
+                u.get("kernel", ""),
+                actual,
+                _runs_integer(u["op_type"], actual),
+            )
+        report.nodes.append(kernel)
+    if emulated:
+        assert isinstance(report, EmulatedVerifyReport)
+        report.emulated = emulated
+        _check_fp8(report, model, inputs)
     report.unmatched_kernels = sorted(n for n, op in ops.items() if op in FUSED_KERNELS and n not in expected)
     report.runner = runner = load(folder)
     names = runner.output_names

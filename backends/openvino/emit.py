@@ -18,6 +18,7 @@ from typing import Any
 
 import openvino as ov
 
+from quantir.backends.legality import is_fp8, quant_type_of
 from quantir.backends.onnx_proto import save_model
 from quantir.backends.onnx_proto.artifact import SCHEMA as SCHEMA
 from quantir.backends.onnx_proto.artifact import (
@@ -32,6 +33,7 @@ from quantir.backends.openvino.backend import REFERENCE_FILE
 from quantir.backends.openvino.legalize import (
     DYNAMIC_RUNTIME_CONFIG,
     has_dynamic_units,
+    is_fp8_unit,
     is_weight_only_unit,
     quantized_compute_units,
 )
@@ -50,16 +52,18 @@ _INT8 = frozenset({DType.I8, DType.U8})
 
 
 def ov_pattern_counts(model: ov.Model) -> dict[str, int]:
-    """FakeQuantize ops, i8/u8 Constants and f16 Constants of an OpenVINO model."""
+    """FakeQuantize and FakeConvert ops, i8/u8, f8 and f16 Constants of an OpenVINO model."""
     counts: Counter[str] = Counter()
     for op in model.get_ordered_ops():
         kind = op.get_type_name()
-        if kind == "FakeQuantize":
-            counts["FakeQuantize"] += 1
+        if kind in ("FakeQuantize", "FakeConvert"):
+            counts[kind] += 1
         elif kind == "Constant":
             et = op.get_element_type()
             if et in (ov.Type.i8, ov.Type.u8):
                 counts["int8_constants"] += 1
+            elif et in (ov.Type.f8e4m3, ov.Type.f8e5m2):
+                counts["f8_constants"] += 1
             elif et == ov.Type.f16:
                 counts["f16_constants"] += 1
     return dict(counts)
@@ -102,6 +106,16 @@ def _check_patterns(model: ov.Model, graph: Graph, out: Path) -> dict[str, Any]:
             f"OpenVINO's ONNX frontend produced no int8 pattern for {os.fspath(out)!r}: no FakeQuantize for "
             f"{acts} quantized activations{kept} and no i8/u8 Constant for {consts} quantized weights"
         )
+    fp8_acts = sum(1 for v in graph.values() if not v.is_constant and is_fp8(quant_type_of(v)))
+    fp8_consts = sum(1 for v in graph.values() if v.is_constant and is_fp8(quant_type_of(v)))
+    if fp8_acts + fp8_consts:
+        fc, f8 = counts.get("FakeConvert", 0), counts.get("f8_constants", 0)
+        if fc < fp8_acts or f8 < fp8_consts:
+            raise SerializationError(
+                f"OpenVINO's ONNX frontend made {fc} FakeConvert for {fp8_acts} FP8 activations and {f8} f8 Constants "
+                f"for {fp8_consts} FP8 weights of {os.fspath(out)!r}; the FP8 QDQ model did not convert to FP8 ops"
+            )
+        counts["expected_fake_convert"], counts["expected_f8_constants"] = fp8_acts, fp8_consts
     counts["expected_fake_quantize"], counts["expected_int8_constants"] = acts + explicit, consts
     if fq != acts + explicit or i8 < consts:
         counts["frontend_note"] = (
@@ -138,7 +152,8 @@ def _manifest(graph: Graph, counts: dict[str, int], manifest: dict[str, Any]) ->
         raise SerializationError(f"manifest keys {clash} are written by the openvino emitter; rename them")
     names = dict(zip(graph.nodes, node_names(graph)))
     units = [{"name": names[n], "op_type": n.op_type, "module": n.source.module if n.source else "",
-              **({"weight_only": True} if is_weight_only_unit(n) else {})}
+              **({"weight_only": True} if is_weight_only_unit(n) else {}),
+              **({"emulated": True} if is_fp8_unit(n) else {})}
              for n in quantized_compute_units(graph)]  # fmt: skip
     doc: dict[str, Any] = {
         "schema": SCHEMA, "backend": BACKEND, "model": MODEL_FILE, "reference": REFERENCE_FILE,

@@ -10,10 +10,12 @@ A FakeQuantize anywhere else is legal in OpenVINO (LPT moves or fuses it), so ot
 
 from __future__ import annotations
 
-from quantir.backends.contract import LegalizeReport, OpDecision
+from quantir.backends.contract import LegalizeReport, OpDecision, ValueChange
 from quantir.backends.legality import (
     activation_problem,
+    fp8_unit_problem,
     is_dynamic_input,
+    is_fp8,
     is_grouped,
     quant_type_of,
     remove_unread,
@@ -21,7 +23,13 @@ from quantir.backends.legality import (
     weight_problem,
 )
 from quantir.backends.onnx_proto.opset_upgrade import upgrade_opset
-from quantir.backends.onnx_proto.qdq import MIN_OPSET_BLOCKED, MIN_OPSET_PER_AXIS, node_names, require_calibrated
+from quantir.backends.onnx_proto.qdq import (
+    MIN_OPSET_BLOCKED,
+    MIN_OPSET_FP8,
+    MIN_OPSET_PER_AXIS,
+    node_names,
+    require_calibrated,
+)
 from quantir.backends.openvino.capabilities import (
     ACT_ACT_MATMUL,
     ACTIVATION_DTYPES,
@@ -34,7 +42,7 @@ from quantir.ir import GranularityKind, Graph, Node
 from quantir.ir.traits import UnitKind, weight_inputs
 
 __all__ = [
-    "DYNAMIC_RUNTIME_CONFIG", "LegalizeReport", "has_dynamic_units", "is_weight_only_unit",
+    "DYNAMIC_RUNTIME_CONFIG", "FP8_ORPHAN", "LegalizeReport", "has_dynamic_units", "is_fp8_unit", "is_weight_only_unit",
     "legalize_for_openvino", "quantized_compute_units",
 ]  # fmt: skip
 
@@ -46,6 +54,18 @@ INT8_OPS = TABLE.float_output_ok
 """The heavy ops whose int8 kernel coverage `verify_openvino` measures."""
 
 _qtype = quant_type_of
+
+FP8_ORPHAN = (
+    "no FP8 Conv/MatMul/Gemm reads it: OpenVINO's CPU plugin has no FP8 kernels, so a FakeConvert here would only "
+    "add rounding"
+)
+
+
+def is_fp8_unit(node: Node) -> bool:
+    """A Conv/MatMul/Gemm with an FP8 input or weight (emulated on the CPU plugin when legal)."""
+    x = node.inputs[0] if node.inputs else None
+    w = node.inputs[1] if len(node.inputs) > 1 else None
+    return is_fp8(_qtype(x)) or is_fp8(_qtype(w))
 
 
 def _compute_status(node: Node) -> tuple[bool, str]:
@@ -79,6 +99,11 @@ def _compute_status(node: Node) -> tuple[bool, str]:
         if problem is not None:
             return False, problem
         return True, f"runs as {WEIGHT_ONLY.kernel} ({qw.dtype} weights, group {qw.granularity.group_size})"
+    if is_fp8_unit(node):
+        if (problem := fp8_unit_problem(node, weights, RUNTIME)) is not None:
+            return False, problem
+        return True, (f"emulated: FakeConvert on the input, f8 weights converted to f32, and an f32 {op} ({RUNTIME} "
+                      "has no FP8 kernels)")  # fmt: skip
     if x is None or qx is None:
         return False, f"input of {op} is not quantized; without a FakeQuantize in front {RUNTIME} runs it FP32"
     if (problem := activation_problem(x, qx, f"{RUNTIME}'s int8 {op}", ACTIVATION_DTYPES)) is not None:
@@ -104,12 +129,17 @@ def legalize_for_openvino(graph: Graph) -> LegalizeReport:
     report = LegalizeReport()
     status = {n: _compute_status(n) for n in graph.nodes if n.op_type in INT8_OPS}
     remove_unread(graph, status, report, TABLE)
+    _remove_fp8_unread(graph, status, report)
     kinds = {(q.granularity.kind, q.dtype.bits) for v in graph.values() if (q := _qtype(v)) is not None}
     report.opset_before = graph.opset
     needed = (MIN_OPSET_BLOCKED if any(k is GranularityKind.PER_GROUP or bits == 4 for k, bits in kinds)
               else MIN_OPSET_PER_AXIS if any(k is not GranularityKind.PER_TENSOR for k, _ in kinds) else 0)  # fmt: skip
+    fp8 = any(is_fp8(_qtype(v)) for v in graph.values())
+    if fp8 and needed < MIN_OPSET_FP8:
+        needed = MIN_OPSET_FP8
     if graph.opset < needed:
-        what = "blocked 4/8-bit weights" if needed == MIN_OPSET_BLOCKED else "per-channel quantization"
+        what = ("blocked 4/8-bit weights" if needed == MIN_OPSET_BLOCKED else "float8 Q/DQ" if needed == MIN_OPSET_FP8
+                else "per-channel quantization")  # fmt: skip
         why = f"{what} need opset {needed} in the QDQ model OpenVINO reads"
         report.changed += upgrade_opset(graph, needed, why=why)
     report.opset_after = graph.opset
@@ -123,9 +153,22 @@ def legalize_for_openvino(graph: Graph) -> LegalizeReport:
     return report
 
 
+def _remove_fp8_unread(graph: Graph, status: dict[Node, tuple[bool, str]], report: LegalizeReport) -> None:
+    """Drop FP8 activation types no FP8 unit reads as its input: with no FP8 kernel, LPT has nothing to move them to
+    (Relu, MaxPool or graph outputs carrying FP8 types from annotation)."""
+    for v in graph.values():
+        if v.is_constant or not is_fp8(_qtype(v)):
+            continue
+        if not any(u.idx == 0 and status.get(u.node, (False, ""))[0] for u in v.uses()):
+            v.quant = None
+            report.removed.append(ValueChange(v.name, FP8_ORPHAN))
+
+
 def _other_status(node: Node) -> tuple[bool, str]:
     if not any(_qtype(v) is not None for v in [*node.inputs, *node.outputs]):
         return False, f"{node.op_type} has no quantized input or output"
+    if any(is_fp8(_qtype(v)) for v in [*node.inputs, *node.outputs]):
+        return False, f"{node.op_type} runs f32 next to a FakeConvert ({RUNTIME} has no FP8 kernels)"
     kind = TABLE.kind(node.op_type)
     if kind is None:
         return False, f"{node.op_type} runs float in OpenVINO; it only reads or writes FakeQuantized values"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import keyword
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -31,7 +32,17 @@ from quantir.backends.torch_codegen.ops import OPS, as_tensor, conv, unsupported
 from quantir.ir import DType, GranularityKind, Graph, Node, QuantType, SerializationError, TensorType, Value
 from quantir.ir.quant_math import fake_quantize
 
-__all__ = ["QuantFlavor", "Unit", "build_module", "example_inputs", "input_names", "torch_dtype"]
+__all__ = [
+    "Observer",
+    "QuantFlavor",
+    "Unit",
+    "build_module",
+    "example_inputs",
+    "fp8_codes",
+    "fp8_fake_quant",
+    "input_names",
+    "torch_dtype",
+]
 
 _TORCH_DTYPES = {
     DType.F32: torch.float32, DType.F16: torch.float16, DType.BF16: torch.bfloat16, DType.F64: torch.float64,
@@ -78,6 +89,42 @@ def generic_fake_quant(x: torch.Tensor, q: QuantType) -> torch.Tensor:
     else:
         scale, zp = scale.reshape(()), zp.reshape(())
     return (torch.clamp(torch.round(x / scale) + zp, q.qmin, q.qmax) - zp) * scale
+
+
+_TORCH_FP8: dict[DType, torch.dtype] = {
+    DType.F8E4M3FN: torch.float8_e4m3fn, DType.F8E5M2: torch.float8_e5m2, DType.F8E4M3FNUZ: torch.float8_e4m3fnuz,
+    DType.F8E5M2FNUZ: torch.float8_e5m2fnuz,
+}  # fmt: skip
+
+
+def _scale_like(x: torch.Tensor, q: QuantType) -> torch.Tensor:
+    scale = torch.from_numpy(np.asarray(q.scale, dtype=np.float32).copy())
+    if q.granularity.kind is GranularityKind.PER_CHANNEL and q.granularity.axis is not None and x.dim():
+        shape = [1] * x.dim()
+        shape[q.granularity.axis % x.dim()] = -1
+        return scale.reshape(shape)
+    if q.granularity.kind is GranularityKind.PER_GROUP:
+        raise SerializationError("a per-group FP8 tensor has no torch lowering")
+    return scale.reshape(())
+
+
+def fp8_codes(x: torch.Tensor, q: QuantType) -> torch.Tensor:
+    """torch's own FP8 cast of x / s (saturated to the format's largest finite value, as `quant_math.quantize`
+    does: torch casts an out-of-range value to NaN), as a tensor of the FP8 dtype."""
+    dt = _TORCH_FP8.get(q.dtype)
+    if dt is None:
+        raise SerializationError(f"{q.dtype} is not an FP8 type torch can cast to")
+    limit = float(torch.finfo(dt).max)
+    return torch.clamp(x.float() / _scale_like(x, q), -limit, limit).to(dt)
+
+
+def fp8_fake_quant(x: torch.Tensor, q: QuantType) -> torch.Tensor:
+    """cast_fp8(x / s) * s with torch's float8 dtypes: the CPU emulation of an FP8 quantizer."""
+    return (fp8_codes(x, q).to(torch.float32) * _scale_like(x, q)).to(x.dtype)
+
+
+Observer = Callable[[str, torch.Tensor, QuantType], None]
+"""Called with every activation (value name, float tensor, its quant type) before it is fake-quantized."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +257,8 @@ class IRModule(nn.Module):
         self._input_quant = [quant_type_of(v) for v in graph.inputs]
         self._output_names = [v.name for v in graph.outputs]
         self._quant: dict[str, QuantType] = {}
+        self.observer: Observer | None = None
+        """Sees every activation before its fake-quant (verification), when set."""
         self.unit_names: dict[str, str] = {}
         """IR node name -> the submodule path of its unit."""
         taken: set[str] = set()
@@ -300,12 +349,32 @@ class IRModule(nn.Module):
         q = self._quant.get(name)
         if q is None or not isinstance(x, torch.Tensor) or not x.is_floating_point():
             return x
+        if self.observer is not None:
+            self.observer(name, x, q)
         return self._activation(x, q)
 
     def _activation(self, x: torch.Tensor, q: QuantType) -> torch.Tensor:
+        if q.dtype.is_float:
+            return fp8_fake_quant(x, q)
         if q.granularity.kind is GranularityKind.PER_TENSOR and q.dtype in (DType.U8, DType.I8):
             return self.flavor.activation(x, q)
         return generic_fake_quant(x, q)
+
+    def set_activation_type(self, name: str, q: QuantType) -> None:
+        """Quantize the activation (or graph input) `name` as `q` (e.g. with a checkpoint's own scale)."""
+        if name in self._input_names:
+            self._input_quant[self._input_names.index(name)] = q
+        elif name in self._quant:
+            self._quant[name] = q
+        else:
+            raise SerializationError(f"%{name} is not a quantized activation of the generated module")
+
+    def set_constant(self, name: str, value: torch.Tensor) -> None:
+        """Replace the (fake-quantized) constant `name` the generated code reads, e.g. by a checkpoint's tensor."""
+        attr = self._consts.get(name)
+        if attr is None:
+            raise SerializationError(f"%{name} is not a constant tensor of the generated module")
+        self._buffers[attr] = value
 
     def _lookup(self, ref: str, env: dict[str, Any]) -> Any:
         if ref.startswith("@"):
@@ -317,7 +386,11 @@ class IRModule(nn.Module):
     def run(self, *args: torch.Tensor) -> Any:
         env: dict[str, Any] = {}
         for name, x, q in zip(self._input_names, args, self._input_quant, strict=True):
-            env[name] = self._activation(x, q) if q is not None and x.is_floating_point() else x
+            if q is not None and x.is_floating_point():
+                if self.observer is not None:
+                    self.observer(name, x, q)
+                x = self._activation(x, q)
+            env[name] = x
         for step in self._steps:
             xs = [None if r is None else self._lookup(r, env) for r in step.inputs]
             if step.unit is not None:

@@ -17,13 +17,15 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeAlias
 
 from quantir.compiler.config.expansion import Tunable, list_fields
+from quantir.compiler.qparams.fp8_methods import check_recipe, scale_recipe
 from quantir.ir.dtypes import DType
 from quantir.ir.errors import ConfigError
 
 __all__ = [
-    "FLOAT_DTYPES", "PER_OP_FIELDS", "QUANT_DTYPES", "STATIC_TUNABLE_FIELDS", "ConfigWarning", "FP8Config", "LocalKey",
+    "FLOAT_DTYPES", "FP8_DEVICES", "PER_OP_FIELDS", "QUANT_DTYPES", "STATIC_TUNABLE_FIELDS", "ConfigWarning",
+    "FP8Config", "LocalKey",
     "StaticQuantConfig", "check_combination", "compile_key", "load_config", "local_key_label", "local_key_text",
-    "construct_config", "nearest", "op_dict_fields", "save_config",
+    "construct_config", "is_fp8_dict", "nearest", "op_dict_fields", "save_config",
 ]  # fmt: skip
 
 LocalKey: TypeAlias = str | Callable[..., object]
@@ -272,8 +274,8 @@ class StaticQuantConfig(Tunable):
     `set_local(key, cfg)` overrides the config for ops of a type or ops whose name matches a regex (rules in
     config_resolve.py). The 2.x `op_name_dict`/`op_type_dict` are accepted too. `reduce_range=None` lets the backend
     decide from the CPU (7-bit weights without VNNI); `percentile` is the `act_algo="percentile"` clip level;
-    `calibration_sampling_size` is INC's name for how many calibration samples are used. INC's
-    `StaticQuantConfig(fp8_config=...)` factory is not reproduced: use `FP8Config` for Gaudi FP8.
+    `calibration_sampling_size` is INC's name for how many calibration samples are used. As in INC,
+    `StaticQuantConfig(fp8_config=...)` returns an `FP8Config` (Gaudi FP8) instead.
     """
 
     w_dtype: str = "int8"
@@ -303,6 +305,19 @@ class StaticQuantConfig(Tunable):
     smooth_quant=True, `AUTO_SMOOTH_ALPHA` when transformer blocks turned it on."""
     _local: dict[LocalKey, StaticQuantConfig] = field(default_factory=dict, init=False, repr=False)
     TUNABLE_FIELDS: ClassVar[tuple[str, ...]] = STATIC_TUNABLE_FIELDS
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        """INC's factory: `StaticQuantConfig(fp8_config=...)` is an `FP8Config` (only FP8Config's fields allowed)."""
+        if cls is StaticQuantConfig and "fp8_config" in kwargs:
+            known = [f.name for f in fields(FP8Config) if f.init]
+            for key in kwargs:
+                if key not in known:
+                    close = nearest(key, known)
+                    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+                    raise ConfigError(f"StaticQuantConfig(fp8_config=...) builds an FP8Config, which has no field "
+                                      f"{key!r}{hint}")  # fmt: skip
+            return FP8Config(*args, **kwargs)
+        return object.__new__(cls)  # (dataclass slots=True rebuilds the class, so no zero-argument super() here)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -459,6 +474,8 @@ def load_config(path: str | os.PathLike[str]) -> Any:
 
         kind = {"rtn": RTNConfig, "gptq": GPTQConfig, "awq": AWQConfig}[next(iter(data))]
         return kind.from_dict(data, source=str(p))
+    if is_fp8_dict(data):
+        return FP8Config.from_dict(data, source=str(p))
     if isinstance(data, dict) and set(data) == {"dynamic_quant"}:
         from quantir.compiler.config.dynamic_config import DynamicQuantConfig
 
@@ -472,19 +489,22 @@ def save_config(cfg: StaticQuantConfig, path: str | os.PathLike[str]) -> None:
     p.write_text(_WRITERS[_format(p, _WRITERS)](cfg.to_dict()), encoding="utf-8")
 
 
-# ---- FP8 config (fields and validation only) -------------------------------------------------------------------
+# ---- FP8 config ---------------------------------------------------------------------------------------------------
 
-_FP8_SCALE_METHODS = (
-    "unit_scale", "hw_aligned_single_scale", "maxabs_hw", "maxabs_pow2", "maxabs_hw_opt_weight",
-    "maxabs_pow2_opt_weight", "maxabs_arbitrary", "act_maxabs_hw_weights_pcs_maxabs_pow2",
-    "act_maxabs_hw_weights_pcs_opt_pow2", "act_maxabs_pow2_weights_pcs_maxabs_pow2",
-    "act_maxabs_pow2_weights_pcs_opt_pow2", "act_maxabs_pcs_pow2_weight_maxabs_pts_pow2_hw", "maxabs_pcs_pow2",
-)  # fmt: skip
+FP8_DEVICES = ("gaudi2", "gaudi3")
+"""Gaudi generations whose FP8 scale sets quantir computes (INC's `device_for_scales`)."""
+
+_FP8_DTYPES = {"E4M3": DType.F8E4M3FN, "E5M2": DType.F8E5M2}
 
 
 @dataclass(slots=True)
 class FP8Config:
-    """Gaudi FP8 quantization, INC 3.x `FP8Config` fields and defaults (allowlist `types` empty: every patched type)."""
+    """Gaudi FP8 quantization, INC 3.x `FP8Config` fields and defaults (allowlist `types` empty: every patched type).
+
+    `device_for_scales` (a key of INC's JSON form) picks the Gaudi generation the scales are computed for:
+    "gaudi2" (E4M3 full scale 240, hardware scales {16, 1, 1/16, 1/256}) or "gaudi3" (448, powers of two
+    2^-55..2^7); INC reads the device it runs on, quantir converts offline, so it is a field (default Gaudi2, the
+    stricter set). `StaticQuantConfig(fp8_config=...)` returns an FP8Config, as in INC."""
 
     dump_stats_path: str = "./hqt_output/measure"
     fp8_config: str = "E4M3"
@@ -501,23 +521,71 @@ class FP8Config:
     use_qdq: bool = False
     scale_format: str = "scalar"
     measure_on_hpu: bool = True
+    device_for_scales: str = "gaudi2"
+    TUNABLE_FIELDS: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.device_for_scales, str):
+            self.device_for_scales = self.device_for_scales.lower()
         _validate(self, _FP8_CHECKS)
         for name in ("allowlist", "blocklist"):
-            for key in getattr(self, name):
+            for key, value in getattr(self, name).items():
                 if key not in ("names", "types"):
                     raise _unknown_key(key, f"FP8Config.{name}", ("names", "types"))
+                if not isinstance(value, (list, tuple)) or not all(isinstance(x, str) for x in value):
+                    raise ConfigError(f"FP8Config.{name}[{key!r}]={value!r}: expected a list of strings")
+                if key == "names":
+                    for pattern in value:
+                        compile_key(pattern, f"FP8Config.{name} name {pattern!r}")
+        try:
+            check_recipe(scale_recipe(self.scale_method), self.dtype, self.device)  # type: ignore[arg-type]
+        except ConfigError as e:
+            raise ConfigError(f"FP8Config.scale_method={self.scale_method!r}: {e}") from None
+        if self.measure_exclude in ("INPUT", "ALL"):
+            raise ConfigError(f"FP8Config.measure_exclude={self.measure_exclude!r}: quantir's FP8 is static, so every "
+                              "quantized module needs its input measured (scale_input); use NONE, OUTPUT or "
+                              "PARAMS")  # fmt: skip
+
+    @property
+    def tunable(self) -> bool:
+        return False
+
+    @property
+    def dtype(self) -> DType:
+        """The IR storage type of `fp8_config`."""
+        return _FP8_DTYPES[self.fp8_config]
+
+    @property
+    def device(self) -> str:
+        return self.device_for_scales
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as plain data (INC's JSON form; `device_for_scales` in INC's upper case)."""
+        out: dict[str, Any] = {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.init}
+        out["device_for_scales"] = self.device_for_scales.upper()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "config") -> FP8Config:
+        """Build from INC's JSON form (`to_dict`); INC's legacy `whitelist`/`blacklist` keys are accepted."""
+        body = dict(_mapping(data, source))
+        for legacy, key in (("whitelist", "allowlist"), ("blacklist", "blocklist")):
+            if legacy in body:
+                body[key] = body.pop(legacy)
+        cfg: FP8Config = construct_config(body, source, [f.name for f in fields(cls) if f.init], cls)
+        return cfg
 
 
 _FP8_CHECKS: dict[str, _Check] = {
     "dump_stats_path": _STR, "fp8_config": _one_of("E4M3", "E5M2"), "hp_dtype": _one_of("bf16", "fp16", "fp32"),
     "blocklist": _DICT, "allowlist": _DICT, "mode": _one_of("AUTO", "MEASURE", "QUANTIZE", "LOAD", "SHAPE", "NONE"),
-    "scale_method": _Check(
-        "a dict or one of " + ", ".join(_FP8_SCALE_METHODS),
-        lambda v: isinstance(v, dict) or (isinstance(v, str) and v in _FP8_SCALE_METHODS),
-    ),
+    "scale_method": _Check("a scale method name or INC's dict form", lambda v: isinstance(v, (str, dict))),
     "scale_params": _DICT, "observer": _one_of("maxabs", "maxabs_per_channel", "shape", "save"), "mod_dict": _DICT,
     "measure_exclude": _one_of("NONE", "INPUT", "OUTPUT", "PARAMS", "ALL"), "fake_quant": _BOOL, "use_qdq": _BOOL,
-    "scale_format": _one_of("scalar", "const"), "measure_on_hpu": _BOOL,
+    "scale_format": _one_of("scalar", "const"), "measure_on_hpu": _BOOL, "device_for_scales": _one_of(*FP8_DEVICES),
 }  # fmt: skip
+
+
+def is_fp8_dict(data: object) -> bool:
+    """Whether a config file's data is INC's FP8 JSON form (it names `fp8_config` or a `scale_method`)."""
+    return isinstance(data, Mapping) and ("fp8_config" in data or "scale_method" in data)

@@ -226,7 +226,7 @@ def autotune(
     configs = trial_configs(tune_config.config_set)
     prepared = prepare(model, configs[0], backend=backend, example_inputs=example_inputs,
                        dynamic_shapes=dynamic_shapes)  # fmt: skip
-    prepared.tuning_configs = configs[1:]
+    prepared.tuning_configs = [*configs[1:]]
     prepared.keep_samples = tune_config.sensitivity_samples if tune_config.fallback else 0
     t1 = time.perf_counter()
     _calibrate(prepared, configs, calib_data, run_fn, run_args)

@@ -220,8 +220,11 @@ def test_rtn_and_fp8_validation(cls: type, kwargs: dict[str, Any], message: str)
 
 
 def test_fp8_scale_method_lists_the_methods() -> None:
-    with pytest.raises(ConfigError, match=r"FP8Config.scale_method='maxabs': expected a dict or one of unit_scale, "):
+    with pytest.raises(ConfigError, match=r"FP8Config.scale_method='maxabs': .* did you mean maxabs_hw, maxabs_pow2\? "
+                       r"valid: unit_scale, hw_aligned_single_scale, maxabs_hw"):  # fmt: skip
         FP8Config(scale_method="maxabs")
+    with pytest.raises(ConfigError, match=r"'maxabs_pcs_pow2' is allowed only with dynamic quantization"):
+        FP8Config(scale_method="maxabs_pcs_pow2")
     assert FP8Config(scale_method={"default": {}}).scale_method == {"default": {}}
 
 

@@ -21,6 +21,7 @@ from quantir.ir import (
     Granularity,
     Graph,
     Node,
+    ParseError,
     QuantType,
     Scheme,
     SerializationError,
@@ -231,6 +232,19 @@ def test_float_storage_quant_types_keep_float_zero_points() -> None:
     g.inputs = [Value("x", TensorType(DType.BF16, (4,)), quant=q)]
     assert "!q<f8e4m3fn sym per_tensor scale=0.002232143 zp=0.0 qmin=-448 qmax=448 observer=minmax>" in print_graph(g)
     round_trip(g)
+
+
+def test_fp8_quant_types_without_an_integer_range_round_trip() -> None:
+    """compute_fp8_scale's types (qmin = qmax = 0: float storage has no integer range) parse back: before, the parser
+    refused "qmin 0 must be below qmax 0", so no FP8 IR could be saved as text."""
+    q = QuantType(DType.F8E4M3FN, Scheme.SYM, Granularity.per_tensor(), np.array(0.0625), np.array(0.0), 0, 0, "maxabs")
+    g = Graph("g")
+    g.inputs = [Value("x", TensorType(DType.F32, (4,)), quant=q)]
+    assert "qmin=0 qmax=0 observer=maxabs>" in print_graph(g)
+    back = round_trip(g)
+    assert first_difference(back, g) is None
+    with pytest.raises(ParseError, match="qmin 3 must be below qmax 1"):
+        parse(print_graph(g).replace("qmin=0 qmax=0", "qmin=3 qmax=1"))
 
 
 # ---- constants of every dtype ----------------------------------------------------------------------------

@@ -148,7 +148,7 @@ def _write_bad_inputs(tmp: Path, x: np.ndarray) -> None:
         ),
         (
             ["--calib", "{tmp}/good.npz", "--to", "tensorrt"],
-            "--to tensorrt: unknown target; expected onnx-qdq, openvino, pt2e, ipex or all",
+            "--to tensorrt: unknown target; expected onnx-qdq, openvino, pt2e, ipex, gaudi-fp8 or all",
         ),
     ],
     ids=["nan", "missing-file", "wrong-name", "wrong-shape", "empty", "unknown-op-type", "bad-config-value", "bad-to"],
@@ -229,3 +229,23 @@ def test_converting_a_qir_model_leaves_no_temporary_files(
     assert rc == 0
     assert (tmp_path / "out" / "model.onnx").exists()
     assert os.listdir(scratch) == []
+
+
+def test_convert_to_gaudi_fp8_with_an_inc_fp8_json(
+    tmp_path: Path, npz: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`quantir convert ... --to gaudi-fp8 --config fp8.json`: INC's FP8 JSON form (its `device_for_scales` spelling),
+    the checkpoint written and emulated, with an explicit note that no FP8 kernel ran."""
+    cfg = tmp_path / "fp8.json"
+    cfg.write_text(json.dumps({"fp8_config": "E4M3", "scale_method": "maxabs_pow2", "device_for_scales": "GAUDI3"}))
+    rc, out, err = _run(capsys, "--to", "gaudi-fp8", "--config", str(cfg), "--calib", str(npz), "-o",
+                        str(tmp_path / "ckpt"))  # fmt: skip
+    assert rc == 0, err
+    assert len(re.findall(r"^  fp8  +1  (?:Conv2d|Linear) .*scale_method maxabs_pow2$", out, re.MULTILINE)) == 4, out
+    assert "FP8 module coverage: 100% (4/4 Conv/MatMul/Gemm)" in out and "no FP8 kernel runs" in out
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())["quantization_config"]
+    assert config["scale_method"] == "maxabs_pow2" and config["device_for_scales"] == "GAUDI3"
+    assert config["mode"] == "LOAD"
+    rc, _, err = _run(capsys, "--to", "gaudi-fp8", "--calib", str(npz), "-o", str(tmp_path / "int8"))
+    assert rc == 2 and "not converted with an FP8Config" in err and "convert with FP8Config()" in err
+    assert not (tmp_path / "int8").exists()

@@ -101,7 +101,7 @@ def test_different_irs_are_refused(both: Path, digits: DigitsSplit, tmp_path: Pa
 
 def test_missing_artifact_is_a_clear_error(both: Path, tmp_path: Path, digits: DigitsSplit) -> None:
     (tmp_path / "onnx_qdq").symlink_to(both / "onnx_qdq")
-    with pytest.raises(SerializationError, match=r"missing: openvino, pt2e, ipex\)"):
+    with pytest.raises(SerializationError, match=r"missing: openvino, pt2e, ipex, gaudi_fp8\)"):
         cross_runtime(tmp_path, {"x": digits.calib_x[:8]})
 
 
