@@ -299,7 +299,7 @@ def _convert_float(args: argparse.Namespace, targets: list[str], worker: ProbeWo
             feed = next(_batches(args.calib, model, size, args.batch_size)) if args.calib else _probe_feed(model)
             report = verify_fresh(t, path, feed, worker)
             print(f"{t}: {path}")
-            kind = "low-bit" if weight_only else "FP8 module" if isinstance(cfg, FP8Config) else "int8 kernel"
+            kind = "low-bit kernel" if weight_only else "FP8 module" if isinstance(cfg, FP8Config) else "int8 kernel"
             print(f"  {kind} coverage: {report.coverage_text()}")
             _print_runtime_notes(report)
             if data_free and Path(args.model).is_file():

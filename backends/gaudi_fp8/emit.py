@@ -3,7 +3,8 @@
 
 - `model.safetensors`: per FP8 module `m` (its module path): `m.weight` in float8_e4m3fn / float8_e5m2 (a Linear's
   transposed to [in, out], as PatchedLinear stores `weight.t()`; a Conv2d's in its own [out, in, kh, kw] layout),
-  `m.scale_input`, `m.scale_weight` (a scalar, or one per output channel) and `m.quant_input.scale_inv` in hp_dtype;
+  `m.scale_input`, `m.scale_weight` (a scalar, or one per output channel) and `m.quant_input.scale_inv` in hp_dtype
+  (and the same scales as `m.quant_input.scale` / `m.dequant_weights.scale`, the keys of INC's CPU QDQ modules);
   every other parameter of the model under its state-dict name, in hp_dtype (a Linear's weight in torch's
   [out, in]). The bytes are the IR's own codes (`quant_math.quantize`), never recomputed.
 - `config.json` (`{"quantization_config": ...}`) and `quantization_config.json`: the FP8Config dict with
@@ -12,8 +13,8 @@
   `Nodes`/`inputs`/`outputs`/`params` layout with INC's (1, 1) maxabs entries (`[[v]]`), and `<path>_hooks_maxabs
   _mod_list.json`. No `.npz`: INC's npz is one pickled dict (loading it needs `allow_pickle`); the JSON holds the
   same values, and a user who needs the npz writes it from the JSON with `numpy.savez`.
-- `quantir_ir.qir` (+ `quantir_ir.safetensors`): the legalized IR, so `verify` and `load` rebuild the model around
-  the checkpoint;
+- `quantir_ir.qir` (+ `quantir_ir.tensors`, safetensors under another suffix: INC's `load` reads every
+  `*.safetensors` file of the folder): the legalized IR, so `verify` and `load` rebuild the model around the checkpoint;
   `model.qdq.onnx`: the IR's fake-quant reference (ONNX Runtime runs float8 Q/DQ); `quantir.json`.
 
 Everything is written into a temporary folder and renamed into place.
@@ -41,13 +42,16 @@ from quantir.ir.sidecar import write_safetensors
 from quantir.ir.traits import weight_inputs
 
 __all__ = [
-    "CHECKPOINT", "IR_FILE", "REFERENCE_FILE", "ModuleEntry", "emit", "hp_dtype_of", "measurement_paths",
+    "CHECKPOINT", "IR_FILE", "IR_TENSORS", "REFERENCE_FILE", "ModuleEntry", "emit", "hp_dtype_of", "measurement_paths",
     "module_entries",
 ]  # fmt: skip
 
 BACKEND = "gaudi_fp8"
 CHECKPOINT = "model.safetensors"
 IR_FILE = "quantir_ir.qir"
+IR_TENSORS = "quantir_ir.tensors"
+"""The IR's large tensors (safetensors format): not `*.safetensors`, because INC's `load` reads every file of that
+suffix in the folder into the model (seen with neural-compressor-pt 3.10: the IR's float fc1.weight clashed)."""
 REFERENCE_FILE = "model.qdq.onnx"
 _HP = {"bf16": DType.BF16, "fp16": DType.F16, "fp32": DType.F32}
 _PARAM_NAME = re.compile(r"^[A-Za-z_][\w]*(\.[\w]+)+$")
@@ -134,6 +138,9 @@ def checkpoint_tensors(graph: Graph, hp: DType) -> tuple[dict[str, Tensor], list
         tensors[f"{e.module}.scale_input"] = _hp_tensor(qx.scale.reshape(()), hp)
         tensors[f"{e.module}.scale_weight"] = _hp_tensor(qw.scale.reshape(qw.scale.shape), hp)
         tensors[f"{e.module}.quant_input.scale_inv"] = _hp_tensor(np.float32(1.0) / qx.scale.reshape(()), hp)
+        # INC's CPU modules (use_qdq) read the same scales as their quantizers' own tensors
+        tensors[f"{e.module}.quant_input.scale"] = _hp_tensor(qx.scale.reshape(()), hp)
+        tensors[f"{e.module}.dequant_weights.scale"] = _hp_tensor(qw.scale.reshape(qw.scale.shape), hp)
         done.add(e.weight.name)
     layouts = _linear_layouts(graph)
     for v in graph.values():
@@ -208,6 +215,8 @@ def emit(graph: Graph, out_dir: str | os.PathLike[str], *, manifest: dict[str, A
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
         textio.save(graph, tmp / IR_FILE)
+        if textio.sidecar_path(tmp / IR_FILE).exists():
+            os.replace(textio.sidecar_path(tmp / IR_FILE), tmp / IR_TENSORS)
         save_model(lowered, tmp / REFERENCE_FILE)
 
     def manifest_doc() -> str:

@@ -26,13 +26,15 @@ import torch
 
 from quantir.backends.contract import KernelRow, VerifyReport
 from quantir.backends.gaudi_fp8.capabilities import KERNELS, RUNTIME
-from quantir.backends.gaudi_fp8.emit import BACKEND, CHECKPOINT, IR_FILE, hp_dtype_of, module_entries
+from quantir.backends.gaudi_fp8.emit import BACKEND, CHECKPOINT, IR_FILE, IR_TENSORS, hp_dtype_of, module_entries
 from quantir.backends.legality import quant_type_of
 from quantir.backends.onnx_proto.artifact import read_manifest
 from quantir.backends.torch_codegen.artifact import TorchRunner, compare_outputs
 from quantir.backends.torch_codegen.module import IRModule, build_module, fp8_codes
-from quantir.ir import Graph, QuantType, SerializationError, textio
+from quantir.ir import Graph, QuantType, SerializationError
+from quantir.ir.parser import parse
 from quantir.ir.quant_math import quantize, round_float
+from quantir.ir.sidecar import read_safetensors
 
 __all__ = ["EMULATION_NOTE", "FP8_MAX_REL", "checkpoint_summary", "load", "load_checkpoint", "verify_gaudi_fp8"]
 
@@ -48,7 +50,7 @@ class _Emulation:
         if manifest is None or manifest.get("backend") != BACKEND:
             raise SerializationError(f"{os.fspath(folder)!r} is not a quantir {BACKEND} artifact")
         self.manifest = manifest
-        self.graph: Graph = textio.load(folder / manifest.get("ir", IR_FILE))
+        self.graph: Graph = load_ir(folder)
         self.checkpoint = load_checkpoint(folder / manifest.get("model", CHECKPOINT))
         self.hp = hp_dtype_of(manifest.get("config", {}))
         self.entries = module_entries(self.graph)
@@ -99,6 +101,17 @@ class _NoInt8:
 
 def _with_scale(q: QuantType, scale: float) -> QuantType:
     return replace(q, scale=np.full(q.scale.shape, scale, dtype=np.float32))
+
+
+def load_ir(folder: Path) -> Graph:
+    """The artifact's legalized IR: the text, with its tensors from `quantir_ir.tensors`."""
+    text_path = folder / IR_FILE
+    try:
+        text = text_path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise SerializationError(f"{os.fspath(folder)!r} has no readable {IR_FILE}: {e}") from e
+    side = folder / IR_TENSORS
+    return parse(text, tensors=read_safetensors(side) if side.exists() else {}, filename=str(text_path))
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:

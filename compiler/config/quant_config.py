@@ -541,6 +541,10 @@ class FP8Config:
             check_recipe(scale_recipe(self.scale_method), self.dtype, self.device)  # type: ignore[arg-type]
         except ConfigError as e:
             raise ConfigError(f"FP8Config.scale_method={self.scale_method!r}: {e}") from None
+        if self.observer != "maxabs":
+            raise ConfigError(f"FP8Config.observer={self.observer!r}: quantir's static FP8 measures maxabs per tensor "
+                              "(INC's 'maxabs_per_channel' feeds only its dynamic per-channel methods; 'shape' and "
+                              "'save' are measurement-only modes); use observer='maxabs'")  # fmt: skip
         if self.measure_exclude in ("INPUT", "ALL"):
             raise ConfigError(f"FP8Config.measure_exclude={self.measure_exclude!r}: quantir's FP8 is static, so every "
                               "quantized module needs its input measured (scale_input); use NONE, OUTPUT or "

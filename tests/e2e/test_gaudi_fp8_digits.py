@@ -167,6 +167,10 @@ def test_bad_fp8_configs_are_clear_errors() -> None:
     with pytest.raises(ConfigError, match=r"maxabs_hw"):  # the nearest names are suggested
         FP8Config(scale_method="maxabs_hww")
     FP8Config(fp8_config="E5M2", scale_method="maxabs_pow2")  # E5M2 with power-of-two scales is fine on Gaudi2
+    with pytest.raises(ConfigError, match=r"observer='maxabs_per_channel': .* use observer='maxabs'"):
+        FP8Config(observer="maxabs_per_channel")
+    with pytest.raises(ConfigError, match=r"measure_exclude='INPUT': .* needs its input measured"):
+        FP8Config(measure_exclude="INPUT")
 
 
 def test_one_fp8_ir_agrees_across_gaudi_ort_and_openvino(prepared: Any, digits: DigitsSplit, tmp_path: Path) -> None:

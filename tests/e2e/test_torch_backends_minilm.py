@@ -5,6 +5,7 @@ path is exact."""
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -46,7 +47,8 @@ def minilm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     feeds = batches(held_out, 16)
     with torch.no_grad():
         ref = np.concatenate([model(**{k: torch.from_numpy(v) for k, v in f.items()}).numpy() for f in feeds])
-    return {"q": q, "paths": paths, "feeds": feeds, "ref": ref}
+    return {"q": q, "paths": paths, "feeds": feeds, "ref": ref, "prepared": prepared, "state": model.state_dict(),
+            "root": root}  # fmt: skip
 
 
 def _cosine(runner: object, minilm: dict[str, object]) -> float:
@@ -82,3 +84,36 @@ def test_minilm_every_linear_is_int8_in_both_artifacts_but_the_fallback(minilm: 
     script, _ = load_script(paths["ipex"])
     linears = [int8 for kind, int8 in conv_linear_nodes(script.graph) if kind == "Gemm"]
     assert len(linears) == 36 and sum(linears) == 35
+
+
+def test_minilm_fp8_gaudi_checkpoint_and_emulated_cosine(minilm: dict[str, object]) -> None:
+    """Issue 13: the same calibrated MiniLM converted with `FP8Config()` (E4M3, maxabs_hw, Gaudi2 scales; statistics
+    are config-independent) gives a checkpoint with all 36 Linear layers in float8_e4m3fn under their module paths,
+    transposed to [in, out], whose CPU emulation keeps the embedding cosine >= 0.995 against FP32."""
+    from quantir.backends.gaudi_fp8.verify import load as load_gaudi
+    from quantir.backends.gaudi_fp8.verify import load_checkpoint, verify_gaudi_fp8
+    from quantir.compiler.config.quant_config import FP8Config
+
+    path = convert(minilm["prepared"], FP8Config()).save(minilm["root"] / "fp8", backend="gaudi_fp8")  # type: ignore[arg-type, operator]
+    tensors = load_checkpoint(path / "model.safetensors")
+    state: dict[str, torch.Tensor] = minilm["state"]  # type: ignore[assignment]
+    linears = sorted(k[: -len(".scale_input")] for k in tensors if k.endswith(".scale_input"))
+    assert len(linears) == 36 and "encoder.layer.5.output.dense" in linears
+    for m in linears:
+        out_f, in_f = state[f"{m}.weight"].shape
+        assert tensors[f"{m}.weight"].dtype == torch.float8_e4m3fn and list(tensors[f"{m}.weight"].shape) == [
+            in_f,
+            out_f,
+        ]
+        assert float(tensors[f"{m}.scale_input"]) in (16.0, 1.0, 1 / 16, 1 / 256)  # the Gaudi2 hardware set
+    assert tensors["embeddings.word_embeddings.weight"].dtype == torch.bfloat16
+    norm = "encoder.layer.0.attention.output.LayerNorm.weight"
+    assert torch.equal(tensors[norm], state[norm].to(torch.bfloat16))
+    stats = json.loads((path / "hqt_output" / "measure_hooks_maxabs.json").read_text())
+    assert sorted(stats["Nodes"]) == linears
+    feeds: list[dict[str, np.ndarray]] = minilm["feeds"]  # type: ignore[assignment]
+    report = verify_gaudi_fp8(path, feeds[0])
+    assert report.ok, report.format()
+    cosine = _cosine(load_gaudi(path), minilm)
+    print(f"\nMiniLM FP8 (maxabs_hw, Gaudi2) emulated: mean cosine vs FP32 {cosine:.5f}")
+    assert cosine >= 0.995, cosine
