@@ -212,7 +212,8 @@ def test_unknown_backend_names_the_allowed_ones() -> None:
 
 
 def test_a_quant_config_of_the_wrong_type_is_refused() -> None:
-    with pytest.raises(ConfigError, match="quant_config must be a StaticQuantConfig, an RTNConfig or an FP8Config, got dict"):
+    with pytest.raises(ConfigError, match="quant_config must be a StaticQuantConfig, an RTNConfig or an FP8Config, "
+                       "got dict"):
         prepare(str(MODEL), {"w_dtype": "int8"})  # type: ignore[arg-type]
 
 
