@@ -15,7 +15,6 @@ emulation (float8_e4m3fn) saturates at 448; inputs the calibration never saw are
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -36,7 +35,7 @@ from quantir.ir.parser import parse
 from quantir.ir.quant_math import quantize, round_float
 from quantir.ir.sidecar import read_safetensors
 
-__all__ = ["EMULATION_NOTE", "FP8_MAX_REL", "checkpoint_summary", "load", "load_checkpoint", "verify_gaudi_fp8"]
+__all__ = ["EMULATION_NOTE", "FP8_MAX_REL", "load", "load_checkpoint", "verify_gaudi_fp8"]
 
 EMULATION_NOTE = ("no Gaudi on this machine: the checkpoint's FP8 modules are emulated on the CPU (torch float8 casts, "
                   "then a float32 GEMM); no FP8 kernel runs")  # fmt: skip
@@ -203,12 +202,3 @@ def verify_gaudi_fp8(artifact_dir: str | os.PathLike[str], inputs: dict[str, np.
                         f"bit-exact between torch's float8 casts and the IR" if report.ok else
                         "the checkpoint or the emulation differs from the IR (see the disagreements)")  # fmt: skip
     return report
-
-
-def checkpoint_summary(artifact_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The checkpoint's keys, dtypes and shapes and its quantization_config (for reports and tests)."""
-    folder = Path(artifact_dir)
-    tensors = load_checkpoint(folder / CHECKPOINT)
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    return {"tensors": {k: (str(v.dtype), list(v.shape)) for k, v in tensors.items()},
-            "quantization_config": config.get("quantization_config", {})}  # fmt: skip

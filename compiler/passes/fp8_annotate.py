@@ -21,10 +21,10 @@ from typing import ClassVar
 from quantir.compiler.config.quant_config import ConfigWarning, FP8Config, nearest
 from quantir.compiler.decisions import record
 from quantir.compiler.pass_manager import PassContext, PassResult, register_pass
-from quantir.compiler.qparams.fp8_methods import scale_recipe
+from quantir.compiler.qparams.fp8_methods import ScaleRecipe, scale_recipe
 from quantir.ir import Granularity, Graph, Node, QuantSpec, Scheme, TensorType, weight_inputs
 
-__all__ = ["FP8_OBSERVER", "Fp8Annotate", "Fp8Unit", "fp8_candidates", "layer_index"]
+__all__ = ["FP8_OBSERVER", "Fp8Annotate", "Fp8Unit", "fp8_candidates", "layer_index", "unit_recipe"]
 
 FP8_OBSERVER = "maxabs"
 PATCHED_TYPES = frozenset({"Linear", "Conv2d"})
@@ -98,6 +98,11 @@ def layer_index(module: str) -> int | None:
     return None
 
 
+def unit_recipe(cfg: FP8Config, unit: Fp8Unit) -> ScaleRecipe:
+    """The scale recipe of one module: the config's method, or its dict form looked up for this module."""
+    return scale_recipe(cfg.scale_method, node=unit.module, layer=layer_index(unit.module), layer_type=unit.module_type)
+
+
 def _selected(cfg: FP8Config, unit: Fp8Unit) -> str | None:
     """None when INC's rule quantizes the module, else why not."""
     block, allow = cfg.blocklist, cfg.allowlist
@@ -143,8 +148,7 @@ class Fp8Annotate:
             if why is not None:
                 record(ctx, c.node, False, f"FP8Config: {why}")
                 continue
-            recipe = scale_recipe(cfg.scale_method, node=c.module, layer=layer_index(c.module),
-                                  layer_type=c.module_type)  # fmt: skip
+            recipe = unit_recipe(cfg, c)
             x, w = c.node.inputs[0], c.node.inputs[1]
             assert x is not None and w is not None
             wg = Granularity.per_channel(c.out_axis) if recipe.weight.per_channel else Granularity.per_tensor()

@@ -17,8 +17,8 @@ import numpy as np
 
 from quantir.compiler.config.quant_config import FP8Config
 from quantir.compiler.pass_manager import PassContext, PassResult, register_pass
-from quantir.compiler.passes.fp8_annotate import Fp8Unit, fp8_candidates, layer_index
-from quantir.compiler.qparams.fp8_methods import activation_scale, scale_recipe, weight_scale
+from quantir.compiler.passes.fp8_annotate import Fp8Unit, fp8_candidates, unit_recipe
+from quantir.compiler.qparams.fp8_methods import activation_scale, weight_scale
 from quantir.ir import DType, Graph, PassError, QuantSpec, QuantType
 from quantir.ir.quant_math import round_float
 
@@ -65,13 +65,12 @@ class Fp8QParams:
                                 "fp8-qparams")  # fmt: skip
             amax[u.module] = max(amax.get(u.module, 0.0), _maxabs(ctx.ranges[x.name]))
         measurements: dict[str, dict[str, Any]] = {}
+        hp = HP_DTYPES[cfg.hp_dtype]
         owner: dict[str, tuple[str, QuantType]] = {}
         for u in units:
             x, w = u.node.inputs[0], u.node.inputs[1]
             assert x is not None and w is not None and w.const is not None
-            recipe = scale_recipe(cfg.scale_method, node=u.module, layer=layer_index(u.module),
-                                  layer_type=u.module_type)  # fmt: skip
-            hp = HP_DTYPES[cfg.hp_dtype]
+            recipe = unit_recipe(cfg, u)
             qx = _in_hp(activation_scale(recipe, amax[u.module], cfg.dtype, cfg.device), hp)  # type: ignore[arg-type]
             if x.name in owner and not np.array_equal(owner[x.name][1].scale, qx.scale):
                 raise PassError(f"%{x.name} is the input of {owner[x.name][0]!r} and {u.module!r}, whose scale recipes "
